@@ -1,0 +1,27 @@
+"""The ``direct`` agent: this gateway process dials the target itself."""
+
+from __future__ import annotations
+
+import attrs
+
+from relay.dial import DialSettings, TargetConnection, open_target
+from relay.protocol import ConnectRequest
+
+__all__ = ["DirectAgent"]
+
+
+@attrs.define
+class DirectAgent:
+    """Dials from this process, optionally bound to ``source_address``."""
+
+    slug: str
+    country: str | None
+    node_id: str
+    settings: DialSettings
+    source_address: str | None = None
+    healthy: bool = True
+    kind: str = "direct"
+
+    async def open(self, request: ConnectRequest) -> TargetConnection:
+        """Open the target WebSocket from here."""
+        return await open_target(request, self.settings, source_address=self.source_address)

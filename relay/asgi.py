@@ -1,0 +1,116 @@
+"""The ASGI app behind every non-relay path on the gateway's port."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from relay.docs import protocol_document
+from relay.gateway import Gateway
+
+__all__ = ["GatewayApp"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def _json(send: Send, status: int, body: object, *, method: str = "GET") -> None:
+    data = json.dumps(body, indent=2).encode() + b"\n"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data})
+
+
+class GatewayApp:
+    """``/ws/docs``, ``/healthz`` and any mounted sub-apps (by exact path)."""
+
+    def __init__(self, gateway: Gateway, mounts: dict[str, ASGIApp] | None = None) -> None:
+        self.gateway = gateway
+        self.mounts = dict(mounts or {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Dispatch one ASGI scope."""
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        mounted = self.mounts.get(scope.get("path", ""))
+        if mounted is not None:
+            await mounted(scope, receive, send)
+            return
+        if kind == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await self._http(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Hypercorn's Trio worker fails at start-up if the app simply returns here.
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            await _json(send, 405, {"error": "method not allowed"}, method=method)
+            return
+        if path == "/ws/docs":
+            await _json(send, 200, self._docs(scope), method=method)
+        elif path == "/healthz":
+            await _json(send, 200, self._health(), method=method)
+        else:
+            await _json(
+                send,
+                404,
+                {"error": "not found", "endpoints": ["/ws", "/ws/docs", "/healthz", *self.mounts]},
+                method=method,
+            )
+
+    def _docs(self, scope: Scope) -> dict[str, Any]:
+        host = _header(scope, b"host") or self.gateway.config.server.bind
+        scheme = "wss" if scope.get("scheme") == "https" else "ws"
+        agents = self.gateway.agents.agents
+        return protocol_document(f"{scheme}://{host}/ws", agents[0].node_id if agents else "")
+
+    def _health(self) -> dict[str, Any]:
+        stats = self.gateway.stats
+        return {
+            "status": "ok",
+            "sessions_active": stats.sessions_active,
+            "sessions_started": stats.sessions_started,
+            "agents": [
+                {
+                    "slug": agent.slug,
+                    "country": agent.country,
+                    "node_id": agent.node_id,
+                    "healthy": agent.healthy,
+                }
+                for agent in self.gateway.agents.agents
+            ],
+        }

@@ -1,0 +1,138 @@
+"""Opening the target WebSocket: TCP to a checked address, TLS for ``wss://``,
+then the upgrade request.  Every failure becomes a :class:`SessionError` that
+names the stage and cause, for the client's error message.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from relay.closecodes import Outcome, SessionError
+from relay.handshake import ClientHandshake, HandshakeError
+from relay.hop import RECEIVE_SIZE
+from relay.protocol import ConnectRequest, TargetURL
+from relay.targets import Resolver, TargetPolicy, resolve_checked, system_resolver
+
+__all__ = ["DialSettings", "TargetConnection", "open_target", "upgrade"]
+
+
+@attrs.frozen
+class TargetConnection:
+    """A target WebSocket after its 101: the stream and frame bytes already read."""
+
+    stream: trio.abc.Stream
+    status: int
+    trailing: bytes
+
+
+@attrs.frozen
+class DialSettings:
+    """What every dial needs from the gateway's configuration."""
+
+    policy: TargetPolicy = attrs.field(factory=TargetPolicy)
+    timeout: float = 10.0
+    ssl_context: ssl.SSLContext = attrs.field(factory=ssl.create_default_context)
+    resolver: Resolver = system_resolver
+    max_response_head: int = 64 * 1024
+
+
+async def connect_tcp(
+    addresses: Sequence[str], port: int, *, source_address: str | None = None
+) -> trio.SocketStream:
+    """Connect to the first address that answers, in resolver order."""
+    last: OSError | None = None
+    for address in addresses:
+        try:
+            return await trio.open_tcp_stream(address, port, local_address=source_address)
+        except OSError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+def _tcp_error(target: TargetURL, exc: OSError) -> SessionError:
+    where = f"{target.host}:{target.port}"
+    if exc.errno == errno.ECONNREFUSED or "refused" in str(exc).lower():
+        return SessionError(Outcome.TARGET_FAILED, f"Target connection refused: {where}")
+    detail = exc.strerror or str(exc) or type(exc).__name__
+    return SessionError(Outcome.TARGET_FAILED, f"Target unreachable: {where} ({detail})")
+
+
+async def upgrade(
+    stream: trio.abc.Stream, request: ConnectRequest, *, max_response_head: int = 64 * 1024
+) -> TargetConnection:
+    """Send the upgrade request over ``stream`` and wait for the 101."""
+    target = request.target
+    handshake = ClientHandshake(
+        target.host_header,
+        target.resource,
+        request.upgrade_headers(),
+        max_response_head=max_response_head,
+    )
+    try:
+        await stream.send_all(handshake.request_bytes)
+        while True:
+            try:
+                data = bytes(await stream.receive_some(RECEIVE_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            result = handshake.receive(data)
+            if result is not None:
+                return TargetConnection(stream, result.status, result.trailing)
+    except HandshakeError as exc:
+        raise SessionError(Outcome.TARGET_FAILED, str(exc).capitalize(), exc.status) from None
+    except trio.BrokenResourceError:
+        raise SessionError(
+            Outcome.TARGET_FAILED, "Target closed the connection during the handshake"
+        ) from None
+
+
+async def open_target(
+    request: ConnectRequest, settings: DialSettings, *, source_address: str | None = None
+) -> TargetConnection:
+    """Dial ``request``'s target directly from this process."""
+    target = request.target
+    stage = "resolving the target"
+    stream: trio.abc.Stream | None = None
+    with trio.move_on_after(settings.timeout):
+        try:
+            addresses = await resolve_checked(
+                target.host, target.port, settings.policy, settings.resolver
+            )
+            stage = "connecting to the target"
+            try:
+                stream = await connect_tcp(addresses, target.port, source_address=source_address)
+            except OSError as exc:
+                raise _tcp_error(target, exc) from None
+            if target.secure:
+                stage = "the TLS handshake with the target"
+                tls = trio.SSLStream(stream, settings.ssl_context, server_hostname=target.host)
+                stream = tls
+                try:
+                    await tls.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    cause = exc.__cause__
+                    detail = getattr(cause, "verify_message", None) or getattr(
+                        cause, "reason", None
+                    )
+                    raise SessionError(
+                        Outcome.TARGET_FAILED,
+                        f"TLS handshake with target failed: {detail or cause or exc}",
+                    ) from None
+            stage = "the WebSocket handshake with the target"
+            return await upgrade(stream, request, max_response_head=settings.max_response_head)
+        except BaseException:
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            raise
+    if stream is not None:
+        await trio.aclose_forcefully(stream)
+    raise SessionError(
+        Outcome.TARGET_FAILED,
+        f"Target connection timed out after {settings.timeout:g} s during {stage}",
+    )

@@ -1,0 +1,86 @@
+"""Everything sessions share: keys, rate limits, agents, dial settings, and the
+set of live sessions.  Built once from a :class:`~relay.config.Config`."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+
+import attrs
+
+from relay.agents import Agent, AgentPool, DirectAgent
+from relay.auth import KeyStore
+from relay.config import Config
+from relay.dial import DialSettings
+from relay.ratelimit import MemoryRateLimiter, RateLimiter
+from relay.targets import Resolver, TargetPolicy, system_resolver
+
+__all__ = ["Gateway", "Stats"]
+
+
+@attrs.define
+class Stats:
+    """Counters since start-up (exported by ``/healthz``)."""
+
+    sessions_started: int = 0
+    sessions_active: int = 0
+    outcomes: dict[str, int] = attrs.Factory(dict)
+
+    def ended(self, outcome: str) -> None:
+        """Count a finished session."""
+        self.sessions_active -= 1
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+
+@attrs.define
+class Gateway:
+    """The shared state of one gateway process."""
+
+    config: Config
+    keys: KeyStore
+    limiter: RateLimiter
+    agents: AgentPool
+    dial: DialSettings
+    stats: Stats = attrs.Factory(Stats)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        extra_agents: Iterable[Agent] = (),
+        resolver: Resolver = system_resolver,
+        limiter: RateLimiter | None = None,
+    ) -> Gateway:
+        """Build the gateway's shared state from ``config``.
+
+        ``extra_agents`` adds agents built by the caller (embedding, tests) to
+        the configured ones.
+        """
+        context = ssl.create_default_context()
+        if config.targets.ca_file:
+            context.load_verify_locations(config.targets.ca_file)
+        dial = DialSettings(
+            policy=TargetPolicy(allow_private=config.targets.allow_private),
+            timeout=config.server.dial_timeout,
+            ssl_context=context,
+            resolver=resolver,
+        )
+        agents: list[Agent] = [
+            DirectAgent(
+                slug=agent.slug,
+                country=agent.country,
+                node_id=agent.reported_node_id,
+                settings=dial,
+                source_address=agent.source_address,
+            )
+            for agent in config.agents
+        ]
+        agents.extend(extra_agents)
+        return cls(
+            config=config,
+            keys=KeyStore(config.keys),
+            limiter=limiter if limiter is not None else MemoryRateLimiter(),
+            agents=AgentPool(agents),
+            dial=dial,
+        )

@@ -1,0 +1,225 @@
+"""Sans-I/O WebSocket opening handshakes (RFC 6455 section 4) on top of h11.
+
+The server side answers a client's upgrade request once the router has read
+it; the client side builds the upgrade request sent to a target and judges the
+target's answer.  Bytes that arrive after either handshake belong to the frame
+stream and are handed back as ``trailing``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Iterable
+
+import attrs
+import h11
+
+__all__ = [
+    "ClientHandshake",
+    "HandshakeError",
+    "UpgradeResult",
+    "accept_key",
+    "forbidden_header",
+    "server_accept",
+    "server_reject",
+    "websocket_key",
+]
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+# Headers the relay itself owns on the target's upgrade request.
+_HANDSHAKE_HEADERS = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-accept",
+        "sec-websocket-extensions",
+    }
+)
+
+
+class HandshakeError(Exception):
+    """A failed opening handshake; ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def accept_key(key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` value for a ``Sec-WebSocket-Key``."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def websocket_key() -> bytes:
+    """A fresh random ``Sec-WebSocket-Key``."""
+    return base64.b64encode(os.urandom(16))
+
+
+def forbidden_header(name: str) -> bool:
+    """True for headers a client may not set on the target's upgrade request."""
+    lower = name.lower()
+    return lower in _HANDSHAKE_HEADERS or (
+        lower.startswith("sec-websocket-") and lower != "sec-websocket-protocol"
+    )
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _tokens(value: bytes | None) -> set[bytes]:
+    if value is None:
+        return set()
+    return {token.strip().lower() for token in value.split(b",")}
+
+
+def is_upgrade(request: h11.Request) -> bool:
+    """True when the request asks for a WebSocket upgrade at all."""
+    return b"websocket" in _tokens(_header(request.headers, b"upgrade"))
+
+
+def server_accept(conn: h11.Connection, request: h11.Request) -> bytes:
+    """Validate a client's upgrade request and return the 101 response bytes.
+
+    Raises :class:`HandshakeError` (with the HTTP status to answer) when the
+    request is not a usable WebSocket upgrade.
+    """
+    headers = request.headers
+    if request.method != b"GET":
+        raise HandshakeError("WebSocket upgrade must use GET", 405)
+    if b"upgrade" not in _tokens(_header(headers, b"connection")) or not is_upgrade(request):
+        raise HandshakeError("expected a WebSocket upgrade request", 426)
+    if _header(headers, b"sec-websocket-version") != b"13":
+        raise HandshakeError("unsupported Sec-WebSocket-Version (13 required)", 426)
+    key = _header(headers, b"sec-websocket-key")
+    try:
+        valid_key = key is not None and len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        valid_key = False
+    if not valid_key or key is None:
+        raise HandshakeError("missing or malformed Sec-WebSocket-Key", 400)
+    # No extension or subprotocol is negotiated: the client's handshake ends
+    # before the target is known, and frames must relay untouched.
+    response = h11.InformationalResponse(
+        status_code=101,
+        headers=[
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"sec-websocket-accept", accept_key(key)),
+        ],
+        reason=b"Switching Protocols",
+    )
+    return conn.send(response) or b""
+
+
+def server_reject(conn: h11.Connection, status: int, message: str) -> bytes:
+    """Bytes of a plain-text HTTP error answer that closes the connection."""
+    body = (message + "\n").encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    if status == 426:
+        headers.append((b"sec-websocket-version", b"13"))
+    try:
+        data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+        data += conn.send(h11.Data(data=body)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+    except h11.LocalProtocolError:
+        # h11 refuses to answer some malformed requests (e.g. a bad HTTP
+        # version); a raw status line still tells the peer what happened.
+        data = f"HTTP/1.1 {status} Error\r\nconnection: close\r\n\r\n".encode()
+    return data
+
+
+@attrs.frozen
+class UpgradeResult:
+    """A target's successful answer; ``trailing`` are frame bytes already received."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    trailing: bytes
+
+
+class ClientHandshake:
+    """The relay's upgrade request to a target, and the judgement of its answer."""
+
+    def __init__(
+        self,
+        host_header: str,
+        resource: str,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        *,
+        max_response_head: int = 64 * 1024,
+    ) -> None:
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_response_head)
+        self._key = websocket_key()
+        headers: list[tuple[bytes, bytes]] = [
+            (b"host", host_header.encode("idna" if not host_header.isascii() else "ascii")),
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"sec-websocket-key", self._key),
+            (b"sec-websocket-version", b"13"),
+        ]
+        # Values are sent as UTF-8: servers that accept non-ASCII headers expect it.
+        headers.extend(
+            (name.encode("ascii"), value.encode("utf-8")) for name, value in extra_headers
+        )
+        self.request_bytes = (
+            self._conn.send(h11.Request(method="GET", target=resource, headers=headers)) or b""
+        )
+
+    def receive(self, data: bytes) -> UpgradeResult | None:
+        """Feed the target's bytes; None while its answer is incomplete.
+
+        Raises :class:`HandshakeError` for a refusal or a malformed answer.
+        """
+        conn = self._conn
+        try:
+            conn.receive_data(data)
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise HandshakeError(f"target sent an invalid HTTP response: {exc}") from None
+        if event is h11.NEED_DATA:
+            if not data:
+                raise HandshakeError("target closed the connection during the handshake")
+            return None
+        if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+            headers = event.headers
+            if not is_upgrade_response(headers):
+                raise HandshakeError("target answered 101 without upgrading to websocket", 101)
+            if _header(headers, b"sec-websocket-accept") != accept_key(self._key):
+                raise HandshakeError("target sent a wrong Sec-WebSocket-Accept", 101)
+            if _header(headers, b"sec-websocket-extensions") is not None:
+                raise HandshakeError("target negotiated an extension that was not offered", 101)
+            trailing, _closed = conn.trailing_data
+            return UpgradeResult(101, tuple(headers), bytes(trailing))
+        if isinstance(event, h11.InformationalResponse | h11.Response):
+            reason = event.reason.decode("latin-1").strip()
+            status = event.status_code
+            raise HandshakeError(
+                f"target refused the WebSocket upgrade: HTTP {status}"
+                + (f" {reason}" if reason else ""),
+                status,
+            )
+        raise HandshakeError("target closed the connection during the handshake")
+
+
+def is_upgrade_response(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """True when a 101 answer really switches to WebSocket."""
+    headers = list(headers)
+    return b"websocket" in _tokens(_header(headers, b"upgrade")) and b"upgrade" in _tokens(
+        _header(headers, b"connection")
+    )

@@ -1,0 +1,105 @@
+"""The one listener: read each connection's request head, then route it.
+
+``GET /ws`` upgrades go to a relay session on the raw stream; everything else
+is replayed into the Hypercorn-served ASGI app.  A connection that sends no
+complete request head within ``handshake_timeout``, or garbage, is closed
+without disturbing anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import h11
+import trio
+
+from relay.gateway import Gateway
+from relay.handshake import HandshakeError, is_upgrade, server_accept, server_reject
+from relay.hop import RECEIVE_SIZE
+from relay.httpserver import AsgiServer, ReplayStream
+from relay.session import run_session
+
+__all__ = ["RELAY_PATH", "handle_connection"]
+
+log = logging.getLogger("relay.listener")
+
+RELAY_PATH = "/ws"
+
+
+async def _read_head(
+    stream: trio.SocketStream, conn: h11.Connection
+) -> tuple[h11.Request | None, bytes]:
+    """Read until a whole request head; returns it (or None) and every byte read."""
+    raw = bytearray()
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return None, bytes(raw)
+        if isinstance(event, h11.Request):
+            return event, bytes(raw)
+        if event is not h11.NEED_DATA:
+            return None, bytes(raw)
+        try:
+            data = await stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            return None, bytes(raw)
+        raw += data
+        try:
+            conn.receive_data(data)
+        except h11.RemoteProtocolError:
+            return None, bytes(raw)
+
+
+async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)
+
+
+async def handle_connection(gateway: Gateway, http: AsgiServer, stream: trio.SocketStream) -> None:
+    """Serve one accepted connection; never raises (one connection cannot harm another)."""
+    try:
+        await _route(gateway, http, stream)
+    except Exception:
+        log.exception("connection handler failed")
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _route(gateway: Gateway, http: AsgiServer, stream: trio.SocketStream) -> None:
+    config = gateway.config.server
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_request_head)
+    request: h11.Request | None = None
+    raw = b""
+    with trio.move_on_after(config.handshake_timeout):
+        request, raw = await _read_head(stream, conn)
+    if request is None:
+        if raw:
+            await _send_quietly(stream, server_reject(conn, 400, "Bad request"))
+        return
+    path, _, query = request.target.decode("latin-1").partition("?")
+    if path != RELAY_PATH:
+        await http.serve_connection(ReplayStream(stream, raw))
+        return
+    if not is_upgrade(request):
+        await _send_quietly(
+            stream,
+            server_reject(
+                conn, 426, f"{RELAY_PATH} is a WebSocket endpoint; see {RELAY_PATH}/docs"
+            ),
+        )
+        return
+    try:
+        response = server_accept(conn, request)
+    except HandshakeError as exc:
+        await _send_quietly(stream, server_reject(conn, exc.status or 400, str(exc)))
+        return
+    try:
+        await stream.send_all(response)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+    trailing, _closed = conn.trailing_data
+    await run_session(gateway, stream, query=query, pending=bytes(trailing))

@@ -1,0 +1,65 @@
+"""Token buckets per API key: one token per validated connect message.
+
+:class:`TokenBucket` is pure arithmetic on a caller-supplied clock, so refill
+is tested with Trio's autojump clock; :class:`MemoryRateLimiter` is the
+single-process backend behind the :class:`RateLimiter` interface.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+import trio
+
+from relay.config import KeyConfig
+
+__all__ = ["MemoryRateLimiter", "RateLimiter", "TokenBucket"]
+
+
+@attrs.define
+class TokenBucket:
+    """``burst`` tokens at most, ``rate`` tokens added per second."""
+
+    rate: float
+    burst: int
+    tokens: float
+    updated: float
+
+    @classmethod
+    def full(cls, rate: float, burst: int, now: float) -> TokenBucket:
+        """A bucket that starts with ``burst`` tokens."""
+        return cls(rate, burst, float(burst), now)
+
+    def take(self, now: float) -> bool:
+        """Refill for the time since the last call, then take one token if there is one."""
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class RateLimiter(Protocol):
+    """Where a key's bucket lives."""
+
+    async def acquire(self, key: KeyConfig) -> bool:
+        """Take one token for ``key``; False when its bucket is empty."""
+        ...
+
+
+class MemoryRateLimiter:
+    """Buckets in this process's memory (the default backend)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[bytes, TokenBucket] = {}
+
+    async def acquire(self, key: KeyConfig) -> bool:
+        """Take one token for ``key``; False when its bucket is empty."""
+        now = trio.current_time()
+        bucket = self._buckets.get(key.digest)
+        if bucket is None:
+            bucket = self._buckets[key.digest] = TokenBucket.full(key.rate, key.burst, now)
+        return bucket.take(now)
