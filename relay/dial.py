@@ -55,11 +55,26 @@ async def connect_tcp(
     raise last
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The first underlying error: trio reports failed connects as a group cause."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+            continue
+        exc, cause = cause, cause.__cause__
+    return exc
+
+
 def _tcp_error(target: TargetURL, exc: OSError) -> SessionError:
     where = f"{target.host}:{target.port}"
-    if exc.errno == errno.ECONNREFUSED or "refused" in str(exc).lower():
+    root = _root_cause(exc)
+    if (
+        isinstance(root, ConnectionRefusedError)
+        or getattr(root, "errno", None) == errno.ECONNREFUSED
+    ):
         return SessionError(Outcome.TARGET_FAILED, f"Target connection refused: {where}")
-    detail = exc.strerror or str(exc) or type(exc).__name__
+    detail = getattr(root, "strerror", None) or str(root) or type(root).__name__
     return SessionError(Outcome.TARGET_FAILED, f"Target unreachable: {where} ({detail})")
 
 
@@ -85,7 +100,8 @@ async def upgrade(
             if result is not None:
                 return TargetConnection(stream, result.status, result.trailing)
     except HandshakeError as exc:
-        raise SessionError(Outcome.TARGET_FAILED, str(exc).capitalize(), exc.status) from None
+        text = str(exc)
+        raise SessionError(Outcome.TARGET_FAILED, text[:1].upper() + text[1:], exc.status) from None
     except trio.BrokenResourceError:
         raise SessionError(
             Outcome.TARGET_FAILED, "Target closed the connection during the handshake"

@@ -221,8 +221,11 @@ class FrameRelay:
         "_message_size",
         "_phase",
         "_remaining",
+        "_remask_on",
+        "_skipping",
         "_stream_key",
         "_streaming_data",
+        "broken",
     )
 
     def __init__(
@@ -234,6 +237,10 @@ class FrameRelay:
         keys: MaskKeys | None = None,
     ) -> None:
         self._from_client = from_client
+        self._remask_on = from_client
+        self._skipping = False  # the rest of a refused frame is being discarded
+        # Set by a protocol violation: the rest of the stream cannot be framed.
+        self.broken = False
         self._max_message = max_message_size
         self._hold_limit = hold_limit
         self._keys = keys if keys is not None else MaskKeys()
@@ -247,7 +254,7 @@ class FrameRelay:
     @property
     def mid_frame(self) -> bool:
         """True while part of a frame has been forwarded and the rest has not."""
-        return self._remaining > 0
+        return self._remaining > 0 and not self._skipping
 
     @property
     def buffered(self) -> int:
@@ -256,7 +263,7 @@ class FrameRelay:
 
     def feed(self, data: bytes | bytearray) -> Chunk:
         """Process bytes received from the peer; see :class:`Chunk`."""
-        remask = self._from_client
+        remask = self._remask_on
         buf: bytes | bytearray
         if self._carry:
             buf = bytearray(self._carry) + data if remask else self._carry + bytes(data)
@@ -264,7 +271,8 @@ class FrameRelay:
         else:
             buf = bytearray(data) if remask else data
         end = len(buf)
-        pos = 0
+        pos = 0  # bytes consumed
+        out_end = 0  # bytes to forward (all consumed ones, unless a frame is refused)
         data_seen = False
         stop: CloseFrame | Violation | None = None
 
@@ -274,7 +282,7 @@ class FrameRelay:
                 xor_region(buf, 0, n, self._stream_key, self._phase)  # type: ignore[arg-type]
                 self._phase = (self._phase + n) & 3
             self._remaining -= n
-            pos = n
+            pos = out_end = n
             data_seen = self._streaming_data
 
         while pos < end:
@@ -284,30 +292,38 @@ class FrameRelay:
             b0, b1, length = header
             opcode = b0 & 0x0F
             if bool(b1 & MASK_BIT) != self._from_client:
-                stop = Violation(
-                    1002, "frame from client not masked" if remask else "frame from server masked"
+                text = (
+                    "frame from client not masked"
+                    if self._from_client
+                    else "frame from server masked"
                 )
+                stop = self._break(1002, text)
                 break
-            if opcode >= CLOSE:
-                if length > MAX_CONTROL_PAYLOAD or not b0 & FIN:
-                    stop = Violation(1002, "control frame fragmented or over 125 bytes")
-                    break
-            elif opcode <= BINARY:
-                total = self._message_size + length if opcode == CONTINUATION else length
-                if total > self._max_message:
-                    stop = Violation(1009, f"message over {self._max_message} bytes")
-                    break
-                self._message_size = 0 if b0 & FIN else total
-                data_seen = True
-            elif length > self._max_message:  # reserved non-control opcodes 3-7
-                stop = Violation(1009, f"frame over {self._max_message} bytes")
+            if opcode >= CLOSE and (length > MAX_CONTROL_PAYLOAD or not b0 & FIN):
+                stop = self._break(1002, "control frame fragmented or over 125 bytes")
                 break
             hsize = _header_length(b1)
             frame_end = pos + hsize + length
+            if opcode < CLOSE:
+                total = self._message_size + length if opcode == CONTINUATION else length
+                if total > self._max_message:
+                    # Refuse this frame but keep the stream readable, so the
+                    # peer's answer to the 1009 close can still be found.
+                    stop = Violation(1009, f"message over {self._max_message} bytes")
+                    self._message_size = 0
+                    self._remaining = max(0, frame_end - end)
+                    self._skipping = True
+                    self._streaming_data = False
+                    self._remask_on = remask = False
+                    pos = min(frame_end, end)
+                    break
+                if opcode <= BINARY:
+                    self._message_size = 0 if b0 & FIN else total
+                    data_seen = True
             if frame_end <= end:
                 if remask:
                     self._remask(buf, pos + hsize, frame_end)  # type: ignore[arg-type]
-                pos = frame_end
+                pos = out_end = frame_end
                 if opcode == CLOSE:
                     stop = self._close_from(buf, frame_end - length, frame_end)
                     break
@@ -320,13 +336,23 @@ class FrameRelay:
                 self._phase = (end - pos - hsize) & 3
             self._remaining = frame_end - end
             self._streaming_data = opcode <= BINARY
-            pos = end
+            pos = out_end = end
 
-        if stop is None and pos < end:
+        if pos < end and not self.broken and not isinstance(stop, CloseFrame):
             self._carry = bytes(buf[pos:])
-        if pos == end:
+        if out_end == end:
             return Chunk(buf, data_seen, stop)
-        return Chunk(memoryview(buf)[:pos], data_seen, stop)
+        return Chunk(memoryview(buf)[:out_end], data_seen, stop)
+
+    def _break(self, code: int, reason: str) -> Violation:
+        self.broken = True
+        return Violation(code, reason)
+
+    def drain(self) -> None:
+        """Stop relaying: from now on only a close frame matters, so no size
+        limit applies and nothing is re-masked."""
+        self._max_message = 1 << 64
+        self._remask_on = False
 
     def _remask(self, buf: bytearray, start: int, end: int) -> bytes:
         """Swap the frame's mask key for a fresh one; returns the payload XOR key."""

@@ -4,7 +4,7 @@ set of live sessions.  Built once from a :class:`~relay.config.Config`."""
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import attrs
 
@@ -15,7 +15,7 @@ from relay.dial import DialSettings
 from relay.ratelimit import MemoryRateLimiter, RateLimiter
 from relay.targets import Resolver, TargetPolicy, system_resolver
 
-__all__ = ["Gateway", "Stats"]
+__all__ = ["Gateway", "Stats", "configured_agents", "dial_settings"]
 
 
 @attrs.define
@@ -48,39 +48,47 @@ class Gateway:
         cls,
         config: Config,
         *,
-        extra_agents: Iterable[Agent] = (),
+        agents: Sequence[Agent] | None = None,
         resolver: Resolver = system_resolver,
         limiter: RateLimiter | None = None,
     ) -> Gateway:
         """Build the gateway's shared state from ``config``.
 
-        ``extra_agents`` adds agents built by the caller (embedding, tests) to
-        the configured ones.
+        ``agents``, when given, are used instead of the configured ones
+        (embedding, tests); :func:`configured_agents` builds those.
         """
-        context = ssl.create_default_context()
-        if config.targets.ca_file:
-            context.load_verify_locations(config.targets.ca_file)
-        dial = DialSettings(
-            policy=TargetPolicy(allow_private=config.targets.allow_private),
-            timeout=config.server.dial_timeout,
-            ssl_context=context,
-            resolver=resolver,
-        )
-        agents: list[Agent] = [
-            DirectAgent(
-                slug=agent.slug,
-                country=agent.country,
-                node_id=agent.reported_node_id,
-                settings=dial,
-                source_address=agent.source_address,
-            )
-            for agent in config.agents
-        ]
-        agents.extend(extra_agents)
+        dial = dial_settings(config, resolver)
         return cls(
             config=config,
             keys=KeyStore(config.keys),
             limiter=limiter if limiter is not None else MemoryRateLimiter(),
-            agents=AgentPool(agents),
+            agents=AgentPool(agents if agents is not None else configured_agents(config, dial)),
             dial=dial,
         )
+
+
+def dial_settings(config: Config, resolver: Resolver = system_resolver) -> DialSettings:
+    """How this gateway dials targets: policy, timeout, TLS trust, resolver."""
+    context = ssl.create_default_context()
+    if config.targets.ca_file:
+        context.load_verify_locations(config.targets.ca_file)
+    return DialSettings(
+        policy=TargetPolicy(allow_private=config.targets.allow_private),
+        timeout=config.server.dial_timeout,
+        ssl_context=context,
+        resolver=resolver,
+    )
+
+
+def configured_agents(config: Config, dial: DialSettings) -> list[Agent]:
+    """The agents the ``[[agents]]`` tables describe."""
+    return [
+        DirectAgent(
+            slug=agent.slug,
+            country=agent.country,
+            node_id=agent.reported_node_id,
+            settings=dial,
+            source_address=agent.source_address,
+        )
+        for agent in config.agents
+    ]

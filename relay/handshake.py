@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 from collections.abc import Iterable
+from http import HTTPStatus
 
 import attrs
 import h11
@@ -69,6 +70,13 @@ def forbidden_header(name: str) -> bool:
     return lower in _HANDSHAKE_HEADERS or (
         lower.startswith("sec-websocket-") and lower != "sec-websocket-protocol"
     )
+
+
+def _standard_reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -207,8 +215,8 @@ class ClientHandshake:
             trailing, _closed = conn.trailing_data
             return UpgradeResult(101, tuple(headers), bytes(trailing))
         if isinstance(event, h11.InformationalResponse | h11.Response):
-            reason = event.reason.decode("latin-1").strip()
             status = event.status_code
+            reason = event.reason.decode("latin-1").strip() or _standard_reason(status)
             raise HandshakeError(
                 f"target refused the WebSocket upgrade: HTTP {status}"
                 + (f" {reason}" if reason else ""),

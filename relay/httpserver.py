@@ -26,13 +26,13 @@ __all__ = ["AsgiServer", "ReplayStream"]
 class ReplayStream(trio.abc.HalfCloseableStream):
     """A socket stream that first yields bytes already read from it."""
 
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
         self._stream = stream
         self._prefix = prefix
         # Hypercorn reads peer and local addresses from here.
-        self.socket = stream.socket
+        self.socket = getattr(stream, "socket", None)
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Replay the prefix, then read the socket."""
         if self._prefix:
             if max_bytes is None or max_bytes >= len(self._prefix):
@@ -52,8 +52,9 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        """Half-close the socket."""
-        await self._stream.send_eof()
+        """Half-close the socket (a no-op for streams that cannot)."""
+        if isinstance(self._stream, trio.abc.HalfCloseableStream):
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
         """Close the socket."""

@@ -28,7 +28,7 @@ RELAY_PATH = "/ws"
 
 
 async def _read_head(
-    stream: trio.SocketStream, conn: h11.Connection
+    stream: trio.abc.Stream, conn: h11.Connection
 ) -> tuple[h11.Request | None, bytes]:
     """Read until a whole request head; returns it (or None) and every byte read."""
     raw = bytearray()
@@ -49,17 +49,17 @@ async def _read_head(
             return None, bytes(raw)
         raw += data
         try:
-            conn.receive_data(data)
+            conn.receive_data(bytes(data))
         except h11.RemoteProtocolError:
             return None, bytes(raw)
 
 
-async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
+async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_all(data)
 
 
-async def handle_connection(gateway: Gateway, http: AsgiServer, stream: trio.SocketStream) -> None:
+async def handle_connection(gateway: Gateway, http: AsgiServer, stream: trio.abc.Stream) -> None:
     """Serve one accepted connection; never raises (one connection cannot harm another)."""
     try:
         await _route(gateway, http, stream)
@@ -69,7 +69,7 @@ async def handle_connection(gateway: Gateway, http: AsgiServer, stream: trio.Soc
         await trio.aclose_forcefully(stream)
 
 
-async def _route(gateway: Gateway, http: AsgiServer, stream: trio.SocketStream) -> None:
+async def _route(gateway: Gateway, http: AsgiServer, stream: trio.abc.Stream) -> None:
     config = gateway.config.server
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_request_head)
     request: h11.Request | None = None

@@ -27,6 +27,7 @@ from relay.frames import (
     PING,
     PONG,
     TEXT,
+    CloseFrame,
     Frame,
     FrameReader,
     Violation,
@@ -154,14 +155,14 @@ async def _open_target(gateway: Gateway, request: ConnectRequest) -> tuple[Hop, 
 
 async def _await_close(hop: Hop) -> None:
     """Read until the peer's close frame (or EOF), discarding anything else."""
-    while hop.close_received is None and not hop.lost:
+    incoming = hop.incoming
+    incoming.drain()
+    while hop.close_received is None and not hop.lost and not incoming.broken:
         data = await hop.receive()
         if not data:
             return
-        stop = hop.incoming.feed(data).stop
-        if stop is not None:
-            if isinstance(stop, Violation):
-                return
+        stop = incoming.feed(data).stop
+        if isinstance(stop, CloseFrame):
             hop.close_received = stop
 
 
@@ -172,7 +173,7 @@ async def _close_hop(hop: Hop, code: int | None, reason: str, can_send: bool, gr
         try:
             if can_send and not hop.close_sent and not hop.lost and not hop.send_broken:
                 await hop.send_close(code, reason)
-            if hop.close_sent and not hop.send_broken:
+            if hop.close_sent and not hop.send_broken and not hop.incoming.broken:
                 await _await_close(hop)
         except trio.BrokenResourceError:
             hop.lost = True

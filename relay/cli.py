@@ -1,0 +1,121 @@
+"""The ``relay`` command: ``relay serve`` runs the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from relay.config import Config, ConfigError, KeyConfig, load_config, parse_bind
+from relay.server import BoundAddress, serve
+
+__all__ = ["build_config", "main"]
+
+
+def _bind(value: str) -> str:
+    try:
+        parse_bind(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description="WebSocket relay gateway on Trio")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cmd = commands.add_parser("serve", help="run the gateway")
+    serve_cmd.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    serve_cmd.add_argument(
+        "--bind", metavar="HOST:PORT", type=_bind, help="listen address (default 127.0.0.1:8080)"
+    )
+    serve_cmd.add_argument(
+        "--api-key",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="accept this API key (repeatable; added to the config's keys)",
+    )
+    serve_cmd.add_argument(
+        "--allow-private-targets",
+        action="store_true",
+        help="allow loopback and private target addresses (development, tests)",
+    )
+    serve_cmd.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    bench_cmd = commands.add_parser(
+        "bench", help="benchmark the relay (see bench/)", add_help=False
+    )
+    bench_cmd.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> tuple[Config, str | None]:
+    """The configuration ``relay serve`` runs with, and the generated dev key if any."""
+    config = load_config(args.config) if args.config else Config()
+    if args.bind:
+        config = attrs.evolve(config, server=attrs.evolve(config.server, bind=args.bind))
+    if args.allow_private_targets:
+        config = attrs.evolve(config, targets=attrs.evolve(config.targets, allow_private=True))
+    if args.api_key:
+        extra = tuple(KeyConfig(key=key, name=f"cli-{n}") for n, key in enumerate(args.api_key, 1))
+        config = attrs.evolve(config, keys=config.keys + extra)
+    return config.with_dev_key()
+
+
+def _banner(address: BoundAddress, config: Config, dev_key: str | None) -> str:
+    lines = [f"relay listening on {address.ws_url}  (docs: {address.http_url}/ws/docs)"]
+    agents = ", ".join(f"{a.slug} ({a.kind})" for a in config.agents)
+    lines.append(f"agents: {agents}")
+    if not config.targets.allow_private:
+        lines.append("private and loopback targets are refused (--allow-private-targets to allow)")
+    if dev_key is not None:
+        example = json.dumps({"apiKey": dev_key, "url": "wss://echo.websocket.events"})
+        lines += [
+            f"development API key (generated for this run): {dev_key}",
+            "try it:",
+            f"  wscat -c {address.ws_url}",
+            f"  then paste: {example}",
+        ]
+    return "\n".join(lines)
+
+
+async def _serve(config: Config, dev_key: str | None) -> None:
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(serve, config)
+        print(_banner(address, config, dev_key), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``relay`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "bench":
+        # bench/ is optional at run time (its extra installs rich, matplotlib, …).
+        bench_cli = importlib.import_module("bench.cli")
+        return int(bench_cli.main(list(args.args)))
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config, dev_key = build_config(args)
+    except ConfigError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_serve, config, dev_key)
+    except OSError as exc:
+        print(f"relay: cannot listen on {config.server.bind}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
