@@ -109,12 +109,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         trio.run(_serve, config, dev_key)
-    except OSError as exc:
-        print(f"relay: cannot listen on {config.server.bind}: {exc.strerror}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 0
+    except (OSError, BaseExceptionGroup) as exc:
+        error = _os_error(exc)
+        if error is None:
+            raise
+        print(f"relay: cannot listen on {config.server.bind}: {error.strerror}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError a start-up failure carries, through nurseries' groups."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

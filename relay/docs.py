@@ -19,18 +19,17 @@ from relay.protocol import ConnectMessage
 
 __all__ = ["protocol_document"]
 
-# Annotations are strings here (postponed evaluation); JSON names for them.
-_TYPE_NAMES = {
-    "str": "string",
-    "str | None": "string",
-    "float": "float",
-    "dict[str, str]": "object",
+_TYPE_NAMES: dict[object, str] = {
+    str: "string",
+    str | None: "string",
+    float: "float",
+    dict[str, str]: "object",
 }
 
 
 def _connect_fields() -> list[dict[str, Any]]:
     fields = []
-    for field in attrs.fields(ConnectMessage):
+    for field in attrs.fields(attrs.resolve_types(ConnectMessage)):
         doc = field.metadata.get("doc")
         if doc is None:
             continue
@@ -41,7 +40,7 @@ def _connect_fields() -> list[dict[str, Any]]:
         fields.append(
             {
                 "name": wire_name(ConnectMessage, field.name),
-                "type": _TYPE_NAMES[str(field.type)],
+                "type": _TYPE_NAMES[field.type],
                 "required": required or field.metadata.get("required", False),
                 "default": None if required else default,
                 "description": doc,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 
 import h11
 import trio
@@ -25,6 +26,9 @@ __all__ = ["RELAY_PATH", "handle_connection"]
 log = logging.getLogger("relay.listener")
 
 RELAY_PATH = "/ws"
+# A request line starts with a method token; anything else is refused at once.
+_METHOD_PEEK = 16
+_METHOD_PREFIX = re.compile(rb"^[A-Z]{1,15}( |$)")
 
 
 async def _read_head(
@@ -48,6 +52,8 @@ async def _read_head(
         if not data:
             return None, bytes(raw)
         raw += data
+        if not _METHOD_PREFIX.match(raw[:_METHOD_PEEK]):
+            return None, bytes(raw)  # not HTTP: no point waiting for a line end
         try:
             conn.receive_data(bytes(data))
         except h11.RemoteProtocolError:

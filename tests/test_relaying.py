@@ -186,7 +186,7 @@ async def test_over_limit_from_client_closes_both_with_1009(
     async with open_relay(running.ws_url, api_key=KEY, url=f"{target.url}/echo") as relayed:
         await relayed.websocket.send_message(b"\x00" * (1024 * 1024))  # at the limit: fine
         assert len(await relayed.websocket.get_message()) == 1024 * 1024
-        with pytest.raises(ConnectionClosed) as closed:
+        with pytest.raises(ConnectionClosed) as closed:  # noqa: PT012
             # The close may arrive while the client is still sending.
             await relayed.websocket.send_message(b"\x00" * (1024 * 1024 + 1))
             await relayed.websocket.get_message()

@@ -111,10 +111,11 @@ class TargetServer:
         if parts.path == "/reject":
             await conn.send(RejectConnection(status_code=int(query.get("status", "403"))))
             return
-        await conn.send(AcceptConnection())
+        # Recorded before the 101 goes out, so a test that saw "connected" finds it.
         self.connections.append(record)
         self.new_connection.set()
         self.new_connection = trio.Event()
+        await conn.send(AcceptConnection())
         try:
             await self._behave(conn, record)
         finally:
