@@ -4,7 +4,23 @@ Embed it with :func:`serve` inside a Trio nursery, open relayed sessions with
 :mod:`relay.client`, or run it with the ``relay`` command.
 """
 
-from relay.config import Config, load_config
+from relay.config import (
+    AgentConfig,
+    Config,
+    KeyConfig,
+    ServerConfig,
+    TargetsConfig,
+    load_config,
+)
 from relay.server import BoundAddress, serve
 
-__all__ = ["BoundAddress", "Config", "load_config", "serve"]
+__all__ = [
+    "AgentConfig",
+    "BoundAddress",
+    "Config",
+    "KeyConfig",
+    "ServerConfig",
+    "TargetsConfig",
+    "load_config",
+    "serve",
+]
