@@ -6,6 +6,7 @@ names the stage and cause, for the client's error message.
 from __future__ import annotations
 
 import errno
+import socket
 import ssl
 from collections.abc import Sequence
 
@@ -14,7 +15,7 @@ import trio
 
 from relay.closecodes import Outcome, SessionError
 from relay.handshake import ClientHandshake, HandshakeError
-from relay.hop import RECEIVE_SIZE
+from relay.hop import RECEIVE_SIZE, adopt_socket
 from relay.protocol import ConnectRequest, TargetURL
 from relay.targets import Resolver, TargetPolicy, resolve_checked, system_resolver
 
@@ -28,6 +29,7 @@ class TargetConnection:
     stream: trio.abc.Stream
     status: int
     trailing: bytes
+    sock: socket.socket | None = None  # the stream's socket, for the pumps' direct calls
 
 
 @attrs.frozen
@@ -115,6 +117,7 @@ async def open_target(
     target = request.target
     stage = "resolving the target"
     stream: trio.abc.Stream | None = None
+    sock: socket.socket | None = None
     with trio.move_on_after(settings.timeout):
         try:
             addresses = await resolve_checked(
@@ -125,6 +128,7 @@ async def open_target(
                 stream = await connect_tcp(addresses, target.port, source_address=source_address)
             except OSError as exc:
                 raise _tcp_error(target, exc) from None
+            stream, sock = adopt_socket(stream)
             if target.secure:
                 stage = "the TLS handshake with the target"
                 tls = trio.SSLStream(stream, settings.ssl_context, server_hostname=target.host)
@@ -141,7 +145,10 @@ async def open_target(
                         f"TLS handshake with target failed: {detail or cause or exc}",
                     ) from None
             stage = "the WebSocket handshake with the target"
-            return await upgrade(stream, request, max_response_head=settings.max_response_head)
+            connection = await upgrade(
+                stream, request, max_response_head=settings.max_response_head
+            )
+            return attrs.evolve(connection, sock=sock)
         except BaseException:
             if stream is not None:
                 await trio.aclose_forcefully(stream)

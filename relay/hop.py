@@ -7,9 +7,12 @@ be written (a send cut short by cancellation leaves the stream mid-frame).
 
 from __future__ import annotations
 
+import socket
+
 import trio
 
 from relay.frames import (
+    MASK_KEYS,
     CloseFrame,
     FrameRelay,
     MaskKeys,
@@ -17,11 +20,29 @@ from relay.frames import (
     encode_frame,
 )
 
-__all__ = ["RECEIVE_SIZE", "Hop"]
+__all__ = ["RECEIVE_SIZE", "Hop", "adopt_socket"]
 
 RECEIVE_SIZE = 64 * 1024
 
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+def adopt_socket(stream: trio.abc.Stream) -> tuple[trio.abc.Stream, socket.socket | None]:
+    """Take the stdlib socket under a plain ``trio.SocketStream``, for the pumps.
+
+    Returns a new stream on the same connection and its socket (None for any
+    other stream: TLS, in-memory, which take the generic path).  Only public
+    API is used: the Trio socket gives up its descriptor (``detach``) to a
+    stdlib socket, which a new Trio socket stream wraps for everything else.
+    """
+    if type(stream) is not trio.SocketStream:
+        return stream, None
+    trio_socket = stream.socket
+    raw = socket.socket(
+        trio_socket.family, trio_socket.type, trio_socket.proto, trio_socket.detach()
+    )
+    raw.setblocking(False)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(raw)), raw
 
 
 class Hop:
@@ -38,6 +59,7 @@ class Hop:
         "name",
         "pending",
         "send_broken",
+        "sock",
         "stream",
     )
 
@@ -49,13 +71,16 @@ class Hop:
         is_target: bool,
         max_message_size: int,
         pending: bytes = b"",
+        sock: socket.socket | None = None,
         keys: MaskKeys | None = None,
     ) -> None:
         self.name = name
         self.stream = stream
+        # Plain TCP: ``stream``'s own socket, called directly (see adopt_socket).
+        self.sock = sock
         # The relay is the client towards the target: its frames there are masked.
         self.is_target = is_target
-        self.keys = keys if keys is not None else MaskKeys()
+        self.keys = keys if keys is not None else MASK_KEYS
         self.incoming = FrameRelay(
             from_client=not is_target, max_message_size=max_message_size, keys=self.keys
         )
@@ -72,25 +97,78 @@ class Hop:
         if self.pending:
             data, self.pending = self.pending, b""
             return data
-        try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-        except _GONE:
-            data = b""
+        sock = self.sock
+        if sock is None:
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except _GONE:
+                data = b""
+        else:
+            # One scheduling point per read, where Trio's stream layers take
+            # several; the wait (or the checkpoint) is where cancellation lands.
+            # Awaits stay outside the except clauses: a task parked inside one
+            # keeps the exception and its traceback alive for as long as it waits.
+            ready: bytes | None
+            try:
+                ready = sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                ready = None
+            except OSError:
+                ready = b""
+            if ready is None:
+                data = await self._wait_and_receive(sock)
+            else:
+                data = ready
+                await trio.lowlevel.checkpoint()
         if not data:
             self.lost = True
         self.bytes_in += len(data)
         return data
+
+    async def _wait_and_receive(self, sock: socket.socket) -> bytes:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
 
     async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
         """Write raw frame bytes; raises ``trio.BrokenResourceError`` if the peer is gone."""
         # Stays set if the send is cancelled part-way: the stream may then end
         # mid-frame and no further frame may be written to it.
         self.send_broken = True
-        try:
-            await self.stream.send_all(data)
-        except (trio.ClosedResourceError, OSError) as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
+        sock = self.sock
+        if sock is None:
+            try:
+                await self.stream.send_all(data)
+            except (trio.ClosedResourceError, OSError) as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+        else:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if sent < len(data):
+                await self._send_rest(sock, memoryview(data)[sent:])
         self.send_broken = False
+
+    async def _send_rest(self, sock: socket.socket, view: memoryview) -> None:
+        while view:
+            try:
+                await trio.lowlevel.wait_writable(sock)
+            except trio.ClosedResourceError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            try:
+                view = view[sock.send(view) :]
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
 
     async def send_frame(self, opcode: int, payload: bytes) -> None:
         """Write one frame originated by the relay (masked towards the target)."""

@@ -17,7 +17,7 @@ import trio
 
 from relay.gateway import Gateway
 from relay.handshake import HandshakeError, is_upgrade, server_accept, server_reject
-from relay.hop import RECEIVE_SIZE
+from relay.hop import RECEIVE_SIZE, adopt_socket
 from relay.httpserver import AsgiServer, ReplayStream
 from relay.session import run_session
 
@@ -68,14 +68,24 @@ async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
 async def handle_connection(gateway: Gateway, http: AsgiServer, stream: trio.abc.Stream) -> None:
     """Serve one accepted connection; never raises (one connection cannot harm another)."""
     try:
-        await _route(gateway, http, stream)
+        upgraded = await _route(gateway, http, stream)
+        # The request's parsing state is gone by now: a long session keeps
+        # only what it needs.
+        if upgraded is not None:
+            query, pending = upgraded
+            stream, sock = adopt_socket(stream)
+            await run_session(gateway, stream, query=query, pending=pending, sock=sock)
     except Exception:
         log.exception("connection handler failed")
     finally:
         await trio.aclose_forcefully(stream)
 
 
-async def _route(gateway: Gateway, http: AsgiServer, stream: trio.abc.Stream) -> None:
+async def _route(
+    gateway: Gateway, http: AsgiServer, stream: trio.abc.Stream
+) -> tuple[str, bytes] | None:
+    """Serve non-relay requests; for a ``/ws`` upgrade, answer 101 and return the
+    query string and the bytes already read past the request head."""
     config = gateway.config.server
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_request_head)
     request: h11.Request | None = None
@@ -85,27 +95,23 @@ async def _route(gateway: Gateway, http: AsgiServer, stream: trio.abc.Stream) ->
     if request is None:
         if raw:
             await _send_quietly(stream, server_reject(conn, 400, "Bad request"))
-        return
+        return None
     path, _, query = request.target.decode("latin-1").partition("?")
     if path != RELAY_PATH:
         await http.serve_connection(ReplayStream(stream, raw))
-        return
+        return None
     if not is_upgrade(request):
-        await _send_quietly(
-            stream,
-            server_reject(
-                conn, 426, f"{RELAY_PATH} is a WebSocket endpoint; see {RELAY_PATH}/docs"
-            ),
-        )
-        return
+        message = f"{RELAY_PATH} is a WebSocket endpoint; see {RELAY_PATH}/docs"
+        await _send_quietly(stream, server_reject(conn, 426, message))
+        return None
     try:
         response = server_accept(conn, request)
     except HandshakeError as exc:
         await _send_quietly(stream, server_reject(conn, exc.status or 400, str(exc)))
-        return
+        return None
     try:
         await stream.send_all(response)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return
+        return None
     trailing, _closed = conn.trailing_data
-    await run_session(gateway, stream, query=query, pending=bytes(trailing))
+    return query, bytes(trailing)

@@ -65,6 +65,56 @@ async def pump(src: Hop, dst: Hop, on_data: Callable[[], None] | None = None) ->
         return _violation(src, stop)
 
 
+class _RelayWatch:
+    """The state of one relay phase: its nursery, how it ended, closes seen.
+
+    A class rather than closures: it is built once per session and a session
+    should cost as little memory as possible while it idles.
+    """
+
+    __slots__ = ("close_timeout", "closes", "ending", "idle", "idle_timeout", "nursery")
+
+    def __init__(self, nursery: trio.Nursery, idle_timeout: float, close_timeout: float) -> None:
+        self.nursery = nursery
+        self.idle_timeout = idle_timeout
+        self.close_timeout = close_timeout
+        self.ending: Ending | None = None
+        self.closes = 0
+        self.idle: trio.CancelScope | None = None
+
+    def finish(self, result: Ending) -> None:
+        if self.ending is None:
+            self.ending = result
+        self.nursery.cancel_scope.cancel()
+
+    async def run(self, src: Hop, dst: Hop, on_data: Callable[[], None] | None) -> None:
+        result = await pump(src, dst, on_data)
+        if result is not None:
+            self.finish(result)
+            return
+        self.closes += 1
+        if self.closes == 2:
+            self.nursery.cancel_scope.cancel()  # both closes relayed: stop the watchers
+        else:
+            self.nursery.start_soon(self.watch_close_reply)
+
+    async def watch_close_reply(self) -> None:
+        await trio.sleep(self.close_timeout)
+        self.finish(Ending(Outcome.CLOSED, "close not answered"))
+
+    def push_idle_deadline(self) -> None:
+        assert self.idle is not None
+        self.idle.deadline = trio.current_time() + self.idle_timeout
+
+    async def watch_idle(self) -> None:
+        idle = self.idle
+        assert idle is not None
+        with idle:
+            await trio.sleep_forever()
+        if idle.cancelled_caught:
+            self.finish(Ending(Outcome.IDLE_TIMEOUT))
+
+
 async def relay_frames(
     client: Hop, target: Hop, *, idle_timeout: float, close_timeout: float
 ) -> Ending | None:
@@ -75,49 +125,13 @@ async def relay_frames(
     ``idle_timeout`` > 0, that long without a data frame from the target ends
     the session.
     """
-    ending: Ending | None = None
-    closes = 0
-
     async with trio.open_nursery() as nursery:
-
-        def finish(result: Ending) -> None:
-            nonlocal ending
-            if ending is None:
-                ending = result
-            nursery.cancel_scope.cancel()
-
-        async def watch_close_reply() -> None:
-            await trio.sleep(close_timeout)
-            finish(Ending(Outcome.CLOSED, "close not answered"))
-
-        async def run(src: Hop, dst: Hop, on_data: Callable[[], None] | None) -> None:
-            nonlocal closes
-            result = await pump(src, dst, on_data)
-            if result is not None:
-                finish(result)
-                return
-            closes += 1
-            if closes == 2:
-                nursery.cancel_scope.cancel()  # both closes relayed: stop the watchers
-            else:
-                nursery.start_soon(watch_close_reply)
-
+        watch = _RelayWatch(nursery, idle_timeout, close_timeout)
         on_target_data: Callable[[], None] | None = None
         if idle_timeout > 0:
-            idle = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
-
-            def push_idle_deadline() -> None:
-                idle.deadline = trio.current_time() + idle_timeout
-
-            async def watch_idle() -> None:
-                with idle:
-                    await trio.sleep_forever()
-                if idle.cancelled_caught:
-                    finish(Ending(Outcome.IDLE_TIMEOUT))
-
-            on_target_data = push_idle_deadline
-            nursery.start_soon(watch_idle)
-
-        nursery.start_soon(run, client, target, None)
-        nursery.start_soon(run, target, client, on_target_data)
-    return ending
+            watch.idle = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
+            nursery.start_soon(watch.watch_idle)
+            on_target_data = watch.push_idle_deadline
+        nursery.start_soon(watch.run, client, target, None)
+        nursery.start_soon(watch.run, target, client, on_target_data)
+    return watch.ending

@@ -8,6 +8,7 @@ Nothing raised here leaves the session except cancellation.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 import trio
@@ -149,6 +150,7 @@ async def _open_target(gateway: Gateway, request: ConnectRequest) -> tuple[Hop, 
         is_target=True,
         max_message_size=gateway.config.server.max_message_size,
         pending=connection.trailing,
+        sock=connection.sock,
     )
     return target, agent.node_id, connection.status
 
@@ -226,12 +228,23 @@ async def _refuse(client: Hop, error: SessionError, grace: float) -> None:
 
 
 async def run_session(
-    gateway: Gateway, stream: trio.abc.Stream, *, query: str, pending: bytes
+    gateway: Gateway,
+    stream: trio.abc.Stream,
+    *,
+    query: str,
+    pending: bytes,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve one client whose WebSocket handshake has completed on ``stream``."""
+    """Serve one client whose WebSocket handshake has completed on ``stream``
+    (``sock``: its socket, when it is plain TCP)."""
     config = gateway.config.server
     client = Hop(
-        "client", stream, is_target=False, max_message_size=config.max_message_size, pending=pending
+        "client",
+        stream,
+        is_target=False,
+        max_message_size=config.max_message_size,
+        pending=pending,
+        sock=sock,
     )
     stats = gateway.stats
     stats.sessions_started += 1
