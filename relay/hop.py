@@ -52,6 +52,7 @@ class Hop:
         "bytes_in",
         "close_received",
         "close_sent",
+        "drained",
         "incoming",
         "is_target",
         "keys",
@@ -78,6 +79,7 @@ class Hop:
         self.stream = stream
         # Plain TCP: ``stream``'s own socket, called directly (see adopt_socket).
         self.sock = sock
+        self.drained = False
         # The relay is the client towards the target: its frames there are masked.
         self.is_target = is_target
         self.keys = keys if keys is not None else MASK_KEYS
@@ -108,13 +110,18 @@ class Hop:
             # several; the wait (or the checkpoint) is where cancellation lands.
             # Awaits stay outside the except clauses: a task parked inside one
             # keeps the exception and its traceback alive for as long as it waits.
-            ready: bytes | None
-            try:
-                ready = sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                ready = None
-            except OSError:
-                ready = b""
+            ready: bytes | None = None
+            # A short read drained the socket: trying again now would only
+            # fail (a syscall and an exception), so wait straight away.
+            if self.drained:
+                self.drained = False
+            else:
+                try:
+                    ready = sock.recv(RECEIVE_SIZE)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    ready = b""
             if ready is None:
                 data = await self._wait_and_receive(sock)
             else:
@@ -122,6 +129,7 @@ class Hop:
                 await trio.lowlevel.checkpoint()
         if not data:
             self.lost = True
+        self.drained = len(data) < RECEIVE_SIZE
         self.bytes_in += len(data)
         return data
 
