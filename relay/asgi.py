@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from relay.docs import protocol_document
 from relay.gateway import Gateway
+from relay.metrics import CONTENT_TYPE
 
 __all__ = ["GatewayApp"]
 
@@ -27,12 +29,16 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 async def _json(send: Send, status: int, body: object, *, method: str = "GET") -> None:
     data = json.dumps(body, indent=2).encode() + b"\n"
+    await _text(send, status, data, "application/json", method=method)
+
+
+async def _text(send: Send, status: int, data: bytes, content_type: str, *, method: str) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type.encode()),
                 (b"content-length", str(len(data)).encode()),
                 (b"cache-control", b"no-store"),
             ],
@@ -83,12 +89,18 @@ class GatewayApp:
         if path == "/ws/docs":
             await _json(send, 200, self._docs(scope), method=method)
         elif path == "/healthz":
-            await _json(send, 200, self._health(), method=method)
+            health = self._health()
+            await _json(send, 503 if self.gateway.draining else 200, health, method=method)
+        elif path == "/metrics":
+            await _text(send, 200, self.gateway.metrics.render(), CONTENT_TYPE, method=method)
         else:
             await _json(
                 send,
                 404,
-                {"error": "not found", "endpoints": ["/ws", "/ws/docs", "/healthz", *self.mounts]},
+                {
+                    "error": "not found",
+                    "endpoints": ["/ws", "/ws/docs", "/healthz", "/metrics", *self.mounts],
+                },
                 method=method,
             )
 
@@ -101,7 +113,8 @@ class GatewayApp:
     def _health(self) -> dict[str, Any]:
         stats = self.gateway.stats
         return {
-            "status": "ok",
+            "status": "draining" if self.gateway.draining else "ok",
+            "pid": os.getpid(),
             "sessions_active": stats.sessions_active,
             "sessions_started": stats.sessions_started,
             "agents": [

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -13,7 +14,11 @@ import attrs
 import trio
 
 from relay.config import Config, ConfigError, KeyConfig, load_config, parse_bind
+from relay.gateway import Gateway
+from relay.logs import configure_logging
 from relay.server import BoundAddress, serve
+
+log = logging.getLogger("relay.cli")
 
 __all__ = ["build_config", "main"]
 
@@ -41,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="accept this API key (repeatable; added to the config's keys)",
     )
+    serve_cmd.add_argument("--certfile", metavar="PEM", help="serve wss:// and https:// with this")
+    serve_cmd.add_argument("--keyfile", metavar="PEM", help="private key for --certfile")
     serve_cmd.add_argument(
         "--allow-private-targets",
         action="store_true",
@@ -48,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    serve_cmd.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="log line format"
     )
     bench_cmd = commands.add_parser(
         "bench", help="benchmark the relay (see bench/)", add_help=False
@@ -61,6 +71,9 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str | None]:
     config = load_config(args.config) if args.config else Config()
     if args.bind:
         config = attrs.evolve(config, server=attrs.evolve(config.server, bind=args.bind))
+    if args.certfile:
+        tls = {"certfile": args.certfile, "keyfile": args.keyfile}
+        config = attrs.evolve(config, server=attrs.evolve(config.server, **tls))
     if args.allow_private_targets:
         config = attrs.evolve(config, targets=attrs.evolve(config.targets, allow_private=True))
     if args.api_key:
@@ -87,9 +100,28 @@ def _banner(address: BoundAddress, config: Config, dev_key: str | None) -> str:
 
 
 async def _serve(config: Config, dev_key: str | None) -> None:
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(serve, config)
-        print(_banner(address, config, dev_key), flush=True)
+    """Run until SIGTERM/SIGINT: the first drains (1001 to open sessions after
+    ``drain_period``), a second one stops at once."""
+    gateway = Gateway.from_config(config)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def run_gateway(task_status: trio.TaskStatus[BoundAddress]) -> None:
+                await serve(config, gateway=gateway, task_status=task_status)
+                nursery.cancel_scope.cancel()  # drained: stop watching signals
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if gateway.shutdown_requested.is_set():
+                        log.warning("second %s: stopping now", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("%s: shutting down gracefully", signal.Signals(signum).name)
+                    gateway.request_shutdown()
+
+            address = await nursery.start(run_gateway)
+            nursery.start_soon(watch_signals)
+            print(_banner(address, config, dev_key), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,9 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # bench/ is optional at run time (its extra installs rich, matplotlib, …).
         bench_cli = importlib.import_module("bench.cli")
         return int(bench_cli.main(list(args.args)))
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         config, dev_key = build_config(args)
     except ConfigError as exc:

@@ -79,6 +79,11 @@ class ServerConfig:
     max_request_head: int = attrs.field(
         default=16 * 1024, validator=check(lambda v: v >= 1024, "must be >= 1024")
     )
+    drain_period: float = attrs.field(
+        default=10.0, validator=check(lambda v: v >= 0, "must be >= 0")
+    )
+    certfile: str | None = None  # PEM certificate (chain): serve wss:// and https://
+    keyfile: str | None = None  # its private key, if not in certfile
 
     @property
     def host(self) -> str:

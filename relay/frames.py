@@ -244,6 +244,8 @@ class FrameRelay:
         "_stream_key",
         "_streaming_data",
         "broken",
+        "forwarded",
+        "frames",
     )
 
     def __init__(
@@ -268,6 +270,8 @@ class FrameRelay:
         self._stream_key = b""
         self._phase = 0
         self._streaming_data = False
+        self.frames = 0  # frames forwarded (headers seen), for metrics
+        self.forwarded = 0  # bytes forwarded, for metrics
 
     @property
     def mid_frame(self) -> bool:
@@ -309,6 +313,7 @@ class FrameRelay:
         ks: list[bytes] | None = [] if remask else None
         ks_start = ks_pos = pos
 
+        frames = 0
         # Header parsing is inlined: it runs once per frame on the hot path.
         while end - pos >= 2:
             b0 = buf[pos]
@@ -377,6 +382,7 @@ class FrameRelay:
                         ks = []
                         ks_start = frame_end
                     ks_pos = frame_end
+                frames += 1
                 pos = out_end = frame_end
                 if stop is not None:
                     break
@@ -397,10 +403,13 @@ class FrameRelay:
                 self._phase = (end - key_at - 4) & 3
             self._remaining = frame_end - end
             self._streaming_data = opcode <= BINARY
+            frames += 1
             pos = out_end = end
 
         if ks:
             _xor_keystream(buf, ks_start, ks_pos, ks)  # type: ignore[arg-type]
+        self.frames += frames
+        self.forwarded += out_end
         if pos < end and not self.broken and not isinstance(stop, CloseFrame):
             self._carry = bytes(buf[pos:])
         if out_end == end:

@@ -49,7 +49,6 @@ class Hop:
     """The client or the target, as the relay sees it."""
 
     __slots__ = (
-        "bytes_in",
         "close_received",
         "close_sent",
         "drained",
@@ -60,6 +59,7 @@ class Hop:
         "name",
         "pending",
         "send_broken",
+        "sent_close_code",
         "sock",
         "stream",
     )
@@ -89,9 +89,9 @@ class Hop:
         self.pending = pending
         self.close_received: CloseFrame | None = None
         self.close_sent = False
+        self.sent_close_code: int | None = None  # what the close sent here said
         self.lost = False
         self.send_broken = False
-        self.bytes_in = 0
 
     async def receive(self) -> bytes | bytearray:
         """The next bytes from the peer; ``b""`` once the connection is gone."""
@@ -130,7 +130,6 @@ class Hop:
         if not data:
             self.lost = True
         self.drained = len(data) < RECEIVE_SIZE
-        self.bytes_in += len(data)
         return data
 
     async def _wait_and_receive(self, sock: socket.socket) -> bytes:
@@ -188,6 +187,7 @@ class Hop:
         if self.close_sent:
             return
         self.close_sent = True
+        self.sent_close_code = code
         mask = self.keys.next() if self.is_target else None
         await self.send_bytes(encode_close(code, reason, mask=mask))
 

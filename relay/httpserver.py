@@ -29,8 +29,12 @@ class ReplayStream(trio.abc.HalfCloseableStream):
     def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
         self._stream = stream
         self._prefix = prefix
-        # Hypercorn reads peer and local addresses from here.
-        self.socket = getattr(stream, "socket", None)
+
+    def __getattr__(self, name: str) -> Any:
+        # Hypercorn asks the stream for ``socket`` (plain TCP) or for
+        # ``do_handshake``/``transport_stream``/``selected_alpn_protocol`` (TLS),
+        # and tells the two apart by which ones raise AttributeError.
+        return getattr(self._stream, name)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Replay the prefix, then read the socket."""

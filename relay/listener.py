@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import ssl
 
 import h11
 import trio
@@ -65,9 +66,22 @@ async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
         await stream.send_all(data)
 
 
-async def handle_connection(gateway: Gateway, http: AsgiServer, stream: trio.abc.Stream) -> None:
-    """Serve one accepted connection; never raises (one connection cannot harm another)."""
+async def handle_connection(
+    gateway: Gateway,
+    http: AsgiServer,
+    stream: trio.abc.Stream,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Serve one accepted connection; never raises (one connection cannot harm another).
+
+    With ``tls``, the connection is TLS: ``wss://`` and ``https://`` share the port.
+    """
     try:
+        if tls is not None:
+            secured = await _tls_handshake(stream, tls, gateway.config.server.handshake_timeout)
+            if secured is None:
+                return
+            stream = secured
         upgraded = await _route(gateway, http, stream)
         # The request's parsing state is gone by now: a long session keeps
         # only what it needs.
@@ -79,6 +93,19 @@ async def handle_connection(gateway: Gateway, http: AsgiServer, stream: trio.abc
         log.exception("connection handler failed")
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _tls_handshake(
+    stream: trio.abc.Stream, context: ssl.SSLContext, within: float
+) -> trio.SSLStream[trio.abc.Stream] | None:
+    tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+    with trio.move_on_after(within):
+        try:
+            await tls.do_handshake()
+        except trio.BrokenResourceError:
+            return None  # not TLS, or a failed handshake: nothing to answer
+        return tls
+    return None
 
 
 async def _route(
@@ -103,6 +130,9 @@ async def _route(
     if not is_upgrade(request):
         message = f"{RELAY_PATH} is a WebSocket endpoint; see {RELAY_PATH}/docs"
         await _send_quietly(stream, server_reject(conn, 426, message))
+        return None
+    if gateway.draining:
+        await _send_quietly(stream, server_reject(conn, 503, "The gateway is shutting down"))
         return None
     try:
         response = server_accept(conn, request)

@@ -16,7 +16,7 @@ from relay.closecodes import Outcome
 from relay.frames import CloseFrame, Violation
 from relay.hop import Hop
 
-__all__ = ["Ending", "pump", "relay_frames"]
+__all__ = ["Ending", "RelayWatch", "pump", "relay_frames"]
 
 
 @attrs.frozen
@@ -61,11 +61,12 @@ async def pump(src: Hop, dst: Hop, on_data: Callable[[], None] | None = None) ->
         if isinstance(stop, CloseFrame):
             src.close_received = stop
             dst.close_sent = True
+            dst.sent_close_code = stop.code
             return None
         return _violation(src, stop)
 
 
-class _RelayWatch:
+class RelayWatch:
     """The state of one relay phase: its nursery, how it ended, closes seen.
 
     A class rather than closures: it is built once per session and a session
@@ -83,6 +84,7 @@ class _RelayWatch:
         self.idle: trio.CancelScope | None = None
 
     def finish(self, result: Ending) -> None:
+        """End the relay phase with ``result`` (the first ending wins)."""
         if self.ending is None:
             self.ending = result
         self.nursery.cancel_scope.cancel()
@@ -116,17 +118,25 @@ class _RelayWatch:
 
 
 async def relay_frames(
-    client: Hop, target: Hop, *, idle_timeout: float, close_timeout: float
+    client: Hop,
+    target: Hop,
+    *,
+    idle_timeout: float,
+    close_timeout: float,
+    on_start: Callable[[RelayWatch], None] | None = None,
 ) -> Ending | None:
     """Run both pumps; None when a close went each way, else why the relay stopped.
 
     Once one side's close is relayed, the other side has ``close_timeout``
     seconds to answer (meanwhile its frames still flow); with
     ``idle_timeout`` > 0, that long without a data frame from the target ends
-    the session.
+    the session.  ``on_start`` receives the :class:`RelayWatch`, whose
+    ``finish()`` ends the phase from outside (a shutdown).
     """
     async with trio.open_nursery() as nursery:
-        watch = _RelayWatch(nursery, idle_timeout, close_timeout)
+        watch = RelayWatch(nursery, idle_timeout, close_timeout)
+        if on_start is not None:
+            on_start(watch)
         on_target_data: Callable[[], None] | None = None
         if idle_timeout > 0:
             watch.idle = trio.CancelScope(deadline=trio.current_time() + idle_timeout)

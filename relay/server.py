@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from functools import partial
 
 import attrs
@@ -25,18 +26,32 @@ class BoundAddress:
 
     host: str
     port: int
+    tls: bool = False
 
     @property
     def ws_url(self) -> str:
         """The relay endpoint's URL."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}/ws"
+        return f"{'wss' if self.tls else 'ws'}://{self._netloc}/ws"
 
     @property
     def http_url(self) -> str:
         """The base URL of the HTTP endpoints."""
+        return f"{'https' if self.tls else 'http'}://{self._netloc}"
+
+    @property
+    def _netloc(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{host}:{self.port}"
+
+
+def server_tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
+    """The TLS context for ``wss://``/``https://``: HTTP/1.1 only (the router reads
+    HTTP/1.1 request heads), TLS 1.2 at least."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 async def serve(
@@ -46,10 +61,13 @@ async def serve(
     mounts: dict[str, ASGIApp] | None = None,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the gateway until cancelled.
+    """Run the gateway until cancelled, or until ``gateway.request_shutdown()``.
 
     Use ``address = await nursery.start(serve, config)``: the address it
     reports is bound and accepting (port 0 in ``config`` picks a free port).
+    After a shutdown request it refuses new sessions (``/healthz`` answers
+    503), lets open ones end for up to ``drain_period`` seconds, closes the
+    rest with 1001, stops listening, and returns.
     ``gateway`` supplies prebuilt shared state (custom agents, resolver);
     ``mounts`` adds ASGI apps by exact path (e.g. ``/ws/parser``).
     """
@@ -58,12 +76,26 @@ async def serve(
     server = config.server
     listeners = await trio.open_tcp_listeners(server.port, host=server.host)
     sockname = listeners[0].socket.getsockname()
-    address = BoundAddress(str(sockname[0]), int(sockname[1]))
+    address = BoundAddress(str(sockname[0]), int(sockname[1]), tls=server.certfile is not None)
     http = AsgiServer(GatewayApp(gateway, mounts), max_request_head=server.max_request_head)
+    tls = server_tls_context(server.certfile, server.keyfile) if server.certfile else None
     async with trio.open_nursery() as nursery:
         await nursery.start(http.run_lifespan)
         log.info("relay listening on %s", address.ws_url)
-        task_status.started(address)
-        await trio.serve_listeners(
-            partial(handle_connection, gateway, http), listeners, handler_nursery=nursery
-        )
+        async with trio.open_nursery() as accepting:
+            accepting.start_soon(
+                partial(trio.serve_listeners, handler_nursery=nursery),
+                partial(handle_connection, gateway, http, tls=tls),
+                listeners,
+            )
+            task_status.started(address)
+            await gateway.shutdown_requested.wait()
+            # Still listening while draining: /healthz says so (503), new /ws
+            # upgrades are refused with 503, open sessions go on.
+            log.info(
+                "draining %d sessions (up to %g s)", len(gateway.sessions), server.drain_period
+            )
+            await gateway.drain(server.drain_period, server.close_timeout + 1.0)
+            accepting.cancel_scope.cancel()  # the listeners close
+        log.info("drained; stopping")
+        nursery.cancel_scope.cancel()

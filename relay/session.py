@@ -8,18 +8,15 @@ Nothing raised here leaves the session except cancellation.
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import time
+from typing import Any
 
 import trio
 
-from relay.closecodes import (
-    Outcome,
-    SessionError,
-    code_for,
-    echo_code,
-    reason_for,
-)
+from relay.closecodes import Outcome, SessionError, echo_code
+from relay.closing import close_hop, end_relay, refuse
 from relay.converter import InputError
 from relay.frames import (
     BINARY,
@@ -28,7 +25,6 @@ from relay.frames import (
     PING,
     PONG,
     TEXT,
-    CloseFrame,
     Frame,
     FrameReader,
     Violation,
@@ -36,16 +32,16 @@ from relay.frames import (
 )
 from relay.gateway import Gateway
 from relay.hop import Hop
+from relay.logs import fields
 from relay.protocol import (
     ConnectRequest,
     connected_message,
-    error_message,
     parse_connect_message,
     parse_connect_query,
 )
-from relay.pumps import Ending, relay_frames
+from relay.pumps import Ending, RelayWatch, relay_frames
 
-__all__ = ["run_session"]
+__all__ = ["Session", "run_session"]
 
 log = logging.getLogger("relay.session")
 
@@ -135,96 +131,174 @@ async def _connect_request(gateway: Gateway, client: Hop, query: str) -> Connect
         raise SessionError(Outcome.BAD_REQUEST, str(exc)) from None
 
 
-async def _open_target(gateway: Gateway, request: ConnectRequest) -> tuple[Hop, str, int]:
-    """Authenticate, take a token, pick an agent and open the target."""
-    key = gateway.keys.lookup(request.api_key)
-    if key is None:
-        raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
-    if not await gateway.limiter.acquire(key):
-        raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
-    agent = gateway.agents.choose(request)
-    connection = await agent.open(request)
-    target = Hop(
+class Session:
+    """One relay session, registered with its gateway from start to end.
+
+    The registration is what ``/metrics`` reads live traffic from and what a
+    graceful shutdown closes with 1001.
+    """
+
+    __slots__ = (
+        "_scope",
+        "_shutting_down",
+        "_watch",
+        "agent",
+        "client",
+        "gateway",
+        "id",
+        "key_id",
+        "node_id",
+        "outcome",
+        "started",
         "target",
-        connection.stream,
-        is_target=True,
-        max_message_size=gateway.config.server.max_message_size,
-        pending=connection.trailing,
-        sock=connection.sock,
+        "target_host",
     )
-    return target, agent.node_id, connection.status
 
+    def __init__(self, gateway: Gateway, client: Hop) -> None:
+        self.id = secrets.token_hex(6)
+        self.gateway = gateway
+        self.client = client
+        self.target: Hop | None = None
+        self.started = time.monotonic()
+        self.key_id = self.agent = self.node_id = self.target_host = "-"
+        self.outcome = Outcome.CLOSED
+        self._scope: trio.CancelScope | None = None
+        self._watch: RelayWatch | None = None
+        self._shutting_down = False
 
-async def _await_close(hop: Hop) -> None:
-    """Read until the peer's close frame (or EOF), discarding anything else."""
-    incoming = hop.incoming
-    incoming.drain()
-    while hop.close_received is None and not hop.lost and not incoming.broken:
-        data = await hop.receive()
-        if not data:
-            return
-        stop = incoming.feed(data).stop
-        if isinstance(stop, CloseFrame):
-            hop.close_received = stop
+    def traffic(self) -> tuple[int, int, int, int]:
+        """Bytes and frames relayed so far, each direction (see relay.metrics)."""
+        client, target = self.client, self.target
+        if target is None:
+            return (0, 0, 0, 0)
+        incoming, outgoing = client.incoming, target.incoming
+        return (incoming.forwarded, outgoing.forwarded, incoming.frames, outgoing.frames)
 
+    def shutdown(self) -> None:
+        """End the session with 1001 to both sides (or refuse it, if not yet connected)."""
+        self._shutting_down = True
+        if self._watch is not None:
+            self._watch.finish(Ending(Outcome.SHUTDOWN))
+        elif self._scope is not None:
+            self._scope.cancel()
 
-async def _close_hop(hop: Hop, code: int | None, reason: str, can_send: bool, grace: float) -> None:
-    """Send ``hop`` a close (unless it cannot take one), wait up to ``grace`` seconds
-    for its answer, disconnect."""
-    with trio.move_on_after(grace):
+    def _relaying(self, watch: RelayWatch) -> None:
+        self._watch = watch
+        if self._shutting_down:
+            watch.finish(Ending(Outcome.SHUTDOWN))
+
+    async def run(self, query: str) -> None:
+        """Serve the session to its end; nothing but cancellation escapes."""
+        gateway = self.gateway
+        gateway.session_started(self)
         try:
-            if can_send and not hop.close_sent and not hop.lost and not hop.send_broken:
-                await hop.send_close(code, reason)
-            if hop.close_sent and not hop.send_broken and not hop.incoming.broken:
-                await _await_close(hop)
-        except trio.BrokenResourceError:
-            hop.lost = True
-    await hop.aclose()
+            await self._run(query)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.client.aclose()
+                if self.target is not None:
+                    await self.target.aclose()
+            for side, hop in (("client", self.client), ("target", self.target)):
+                if hop is not None and hop.close_sent:
+                    gateway.metrics.close_sent(side, hop.sent_close_code)
+            gateway.session_ended(self)
+            log.info("session end", extra=self._log_fields())
 
-
-async def _end_relay(client: Hop, target: Hop, ending: Ending | None, grace: float) -> None:
-    """Close both hops after the relay phase."""
-    if ending is None:
-        # Both closes relayed: the server side closes TCP first; the target,
-        # a server too, is given the chance to do the same.
-        await client.aclose()
-        with trio.move_on_after(grace):
-            await _await_eof(target)
-        await target.aclose()
-        return
-    async with trio.open_nursery() as nursery:
-        for hop, other in ((client, target), (target, client)):
-            if ending.outcome is Outcome.CLOSED and hop.close_received is None:
-                # It was sent the other side's close and did not answer in time.
-                nursery.start_soon(hop.aclose)
-                continue
-            if hop.close_received is not None:
-                # It closed first and is owed an answer the other side never gave.
-                code: int | None = echo_code(hop.close_received.code)
-                reason = ""
-            else:
-                code = code_for(ending.outcome, to_target=hop.is_target)
-                reason = reason_for(ending.outcome, to_target=hop.is_target, detail=ending.detail)
-            # A frame half-forwarded cannot be followed by a close frame.
-            can_send = not other.incoming.mid_frame
-            nursery.start_soon(_close_hop, hop, code, reason, can_send, grace)
-
-
-async def _await_eof(hop: Hop) -> None:
-    while not hop.lost:
-        if not await hop.receive():
-            return
-
-
-async def _refuse(client: Hop, error: SessionError, grace: float) -> None:
-    """Tell the client why there is no session, then close with the mapped code."""
-    with trio.move_on_after(grace):
+    async def _run(self, query: str) -> None:
+        gateway = self.gateway
+        config = gateway.config.server
+        client = self.client
+        metrics = gateway.metrics
+        request: ConnectRequest | None = None
+        error: SessionError | None = None
         try:
-            if client.close_received is None and not client.lost:
-                await client.send_frame(TEXT, error_message(error.message).encode())
+            with trio.CancelScope() as self._scope:
+                request = await _connect_request(gateway, client, query)
+                if request is None:
+                    await self._client_left(config.close_timeout)
+                    return
+                status = await self._open_target(request)
+                if request.send_connected:
+                    await client.send_frame(TEXT, connected_message(self.node_id, status).encode())
+        except SessionError as exc:
+            error = exc
         except trio.BrokenResourceError:
-            client.lost = True
-    await _close_hop(client, error.close_code, error.message, True, grace)
+            self.outcome = Outcome.CLIENT_LOST
+            metrics.connects.labels(self.outcome.value).inc()
+            return
+        self._scope = None
+        if error is None and self._shutting_down:
+            error = SessionError(Outcome.SHUTDOWN, "Server shutting down")
+        if error is not None:
+            self.outcome = error.outcome
+            metrics.connects.labels(error.outcome.value).inc()
+            await refuse(client, error, config.close_timeout)
+            return
+        metrics.connects.labels("connected").inc()
+        target = self.target
+        assert target is not None
+        assert request is not None
+        ending = await relay_frames(
+            client,
+            target,
+            idle_timeout=request.idle_timeout,
+            close_timeout=config.close_timeout,
+            on_start=self._relaying,
+        )
+        self.outcome = Outcome.CLOSED if ending is None else ending.outcome
+        await end_relay(client, target, ending, config.close_timeout)
+
+    async def _client_left(self, grace: float) -> None:
+        client = self.client
+        closed = client.close_received
+        self.outcome = Outcome.CLOSED if closed is not None else Outcome.CLIENT_LOST
+        self.gateway.metrics.connects.labels(self.outcome.value).inc()
+        code = echo_code(closed.code) if closed is not None else None
+        await close_hop(client, code, "", closed is not None, grace)
+
+    async def _open_target(self, request: ConnectRequest) -> int:
+        """Authenticate, take a token, pick an agent and open the target."""
+        gateway = self.gateway
+        self.target_host = request.target.host
+        key = gateway.keys.lookup(request.api_key)
+        if key is None:
+            raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
+        self.key_id = key.key_id
+        if not await gateway.limiter.acquire(key):
+            gateway.metrics.rate_limited.inc()
+            raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
+        agent = gateway.agents.choose(request)
+        self.agent, self.node_id = agent.slug, agent.node_id
+        dial_started = trio.current_time()
+        connection = await agent.open(request)
+        gateway.metrics.dial_seconds.observe(trio.current_time() - dial_started)
+        self.target = Hop(
+            "target",
+            connection.stream,
+            is_target=True,
+            max_message_size=gateway.config.server.max_message_size,
+            pending=connection.trailing,
+            sock=connection.sock,
+        )
+        return connection.status
+
+    def _log_fields(self) -> dict[str, Any]:
+        client, target = self.client, self.target
+        return fields(
+            session=self.id,
+            key=self.key_id,
+            agent=self.agent,
+            node=self.node_id,
+            target_host=self.target_host,
+            outcome=self.outcome.value,
+            close_to_client=client.sent_close_code if client.close_sent else None,
+            close_to_target=(
+                target.sent_close_code if target is not None and target.close_sent else None
+            ),
+            duration_s=round(time.monotonic() - self.started, 3),
+            bytes_from_client=client.incoming.forwarded,
+            bytes_from_target=target.incoming.forwarded if target is not None else 0,
+        )
 
 
 async def run_session(
@@ -237,66 +311,12 @@ async def run_session(
 ) -> None:
     """Serve one client whose WebSocket handshake has completed on ``stream``
     (``sock``: its socket, when it is plain TCP)."""
-    config = gateway.config.server
     client = Hop(
         "client",
         stream,
         is_target=False,
-        max_message_size=config.max_message_size,
+        max_message_size=gateway.config.server.max_message_size,
         pending=pending,
         sock=sock,
     )
-    stats = gateway.stats
-    stats.sessions_started += 1
-    stats.sessions_active += 1
-    started = time.monotonic()
-    outcome = Outcome.CLOSED
-    node_id = "-"
-    target: Hop | None = None
-    try:
-        try:
-            request = await _connect_request(gateway, client, query)
-            if request is None:
-                outcome = Outcome.CLIENT_LOST if client.close_received is None else Outcome.CLOSED
-                code = echo_code(client.close_received.code) if client.close_received else None
-                await _close_hop(
-                    client,
-                    code,
-                    "",
-                    client.close_received is not None,
-                    config.close_timeout,
-                )
-                return
-            target, node_id, status = await _open_target(gateway, request)
-            if request.send_connected:
-                await client.send_frame(TEXT, connected_message(node_id, status).encode())
-        except SessionError as error:
-            outcome = error.outcome
-            await _refuse(client, error, config.close_timeout)
-            return
-        except trio.BrokenResourceError:
-            outcome = Outcome.CLIENT_LOST
-            await client.aclose()
-            if target is not None:
-                await target.aclose()
-            return
-        ending = await relay_frames(
-            client, target, idle_timeout=request.idle_timeout, close_timeout=config.close_timeout
-        )
-        outcome = Outcome.CLOSED if ending is None else ending.outcome
-        await _end_relay(client, target, ending, config.close_timeout)
-    finally:
-        with trio.CancelScope(shield=True):
-            await client.aclose()
-            if target is not None:
-                await target.aclose()
-        stats.ended(outcome.value)
-        log.info(
-            "session end outcome=%s node=%s duration=%.3fs "
-            "bytes_from_client=%d bytes_from_target=%d",
-            outcome.value,
-            node_id,
-            time.monotonic() - started,
-            client.bytes_in,
-            target.bytes_in if target is not None else 0,
-        )
+    await Session(gateway, client).run(query)

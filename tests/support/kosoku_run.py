@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import sys
 
 from kosoku import FailureError, run_fuzzingclient
 
@@ -34,3 +36,7 @@ if __name__ == "__main__":
     parser.add_argument("--parallel", type=int, default=2)
     args = parser.parse_args()
     asyncio.run(_main(args.url, args.exclude, args.parallel))
+    sys.stdout.flush()
+    # kosoku 0.1.0's native runtime sometimes aborts (SIGABRT) during interpreter
+    # finalization, after every result was printed; skip finalization.
+    os._exit(0)

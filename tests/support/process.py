@@ -74,6 +74,8 @@ async def relay_process(
             yield RelayProcess(process, url.group(1), key.group(1) if key else None, output)
         finally:
             if process.returncode is None:
+                # Twice: the first starts a graceful drain, the second ends it.
+                process.send_signal(signal.SIGINT)
                 process.send_signal(signal.SIGINT)
                 with trio.move_on_after(10):
                     await process.wait()

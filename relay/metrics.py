@@ -1,0 +1,144 @@
+"""Prometheus metrics for ``GET /metrics``.
+
+Event counters (connects, closes, dial latency) are incremented where they
+happen; byte and frame totals are not counted on the data path at all: each
+hop already keeps its own counts, and a collector adds up the live sessions'
+counts with those of finished sessions at scrape time.  Label values are
+bounded: outcomes are an enum, close codes are grouped, agents come from the
+configuration; no URL or key is ever a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from relay.closecodes import Outcome
+
+__all__ = ["CONTENT_TYPE", "Metrics", "TrafficSource", "code_label"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DIRECTIONS = ("client_to_target", "target_to_client")
+
+
+def code_label(code: int | None) -> str:
+    """A bounded label for a close code: registered codes as they are, ranges grouped."""
+    if code is None:
+        return "none"
+    if 1000 <= code <= 1015:
+        return str(code)
+    if 3000 <= code <= 3999:
+        return "3xxx"
+    if 4000 <= code <= 4999:
+        return "4xxx"
+    return "other"
+
+
+class TrafficSource(Protocol):
+    """Something that knows how much it relayed (a live session)."""
+
+    def traffic(self) -> tuple[int, int, int, int]:
+        """Bytes and frames so far: client→target bytes, target→client bytes,
+        client→target frames, target→client frames."""
+        ...
+
+
+class _TrafficCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        totals = list(metrics.finished_traffic)
+        live = list(metrics.live_sessions())
+        for session in live:
+            for index, value in enumerate(session.traffic()):
+                totals[index] += value
+        sent = CounterMetricFamily(
+            "relay_bytes", "Bytes relayed, by direction", labels=["direction"]
+        )
+        frames = CounterMetricFamily(
+            "relay_frames", "Frames relayed, by direction", labels=["direction"]
+        )
+        for index, direction in enumerate(DIRECTIONS):
+            sent.add_metric([direction], totals[index])
+            frames.add_metric([direction], totals[index + 2])
+        yield sent
+        yield frames
+        yield GaugeMetricFamily("relay_sessions_active", "Open relay sessions", value=len(live))
+        draining = GaugeMetricFamily("relay_draining", "1 while the gateway drains for shutdown")
+        draining.add_metric([], 1 if metrics.draining() else 0)
+        yield draining
+        healthy = GaugeMetricFamily(
+            "relay_agent_healthy", "1 when the agent is in selection", labels=["agent", "kind"]
+        )
+        for slug, kind, ok in metrics.agent_health():
+            healthy.add_metric([slug, kind], 1 if ok else 0)
+        yield healthy
+
+
+class Metrics:
+    """One gateway's metrics, in a registry of its own (several gateways can
+    share a process, e.g. in tests)."""
+
+    def __init__(
+        self,
+        *,
+        live_sessions: Callable[[], Iterable[TrafficSource]] = tuple,
+        agent_health: Callable[[], Iterable[tuple[str, str, bool]]] = tuple,
+        draining: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.live_sessions = live_sessions
+        self.agent_health = agent_health
+        self.draining = draining
+        self.finished_traffic = [0, 0, 0, 0]
+        self.connects = Counter(
+            "relay_connects",
+            "Connect attempts by outcome: connected, or why not",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("connected", *(o.value for o in Outcome)):
+            self.connects.labels(outcome)  # every outcome shows, zero until it happens
+        self.closes = Counter(
+            "relay_close_codes_sent",
+            "Close frames sent to each side (relayed or the gateway's own), by code",
+            ["side", "code"],
+            registry=self.registry,
+        )
+        self.sessions = Counter(
+            "relay_sessions_ended",
+            "Sessions ended, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "relay_rate_limit_rejections",
+            "Connects refused by a key's token bucket",
+            registry=self.registry,
+        )
+        self.dial_seconds = Histogram(
+            "relay_dial_seconds",
+            "Time to open the target WebSocket (resolve, connect, TLS, upgrade)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.registry.register(_TrafficCollector(self))
+
+    def session_finished(self, traffic: tuple[int, int, int, int]) -> None:
+        """Fold a finished session's traffic into the totals."""
+        for index, value in enumerate(traffic):
+            self.finished_traffic[index] += value
+
+    def close_sent(self, side: str, code: int | None) -> None:
+        """Count a close frame sent to ``side`` ("client" or "target")."""
+        self.closes.labels(side, code_label(code)).inc()
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return bytes(generate_latest(self.registry))
