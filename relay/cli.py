@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import attrs
 import trio
@@ -17,6 +18,7 @@ from relay.config import Config, ConfigError, KeyConfig, load_config, parse_bind
 from relay.gateway import Gateway
 from relay.logs import configure_logging
 from relay.server import BoundAddress, serve
+from relay.workers import run_workers
 
 log = logging.getLogger("relay.cli")
 
@@ -45,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="accept this API key (repeatable; added to the config's keys)",
+    )
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N gateway processes sharing the port (SO_REUSEPORT); default 1",
     )
     serve_cmd.add_argument("--certfile", metavar="PEM", help="serve wss:// and https:// with this")
     serve_cmd.add_argument("--keyfile", metavar="PEM", help="private key for --certfile")
@@ -124,6 +133,22 @@ async def _serve(config: Config, dev_key: str | None) -> None:
             print(_banner(address, config, dev_key), flush=True)
 
 
+async def _serve_workers(config: Config, dev_key: str | None, args: argparse.Namespace) -> None:
+    async with trio.open_nursery() as nursery:
+        address, pids = await nursery.start(
+            partial(
+                run_workers,
+                config,
+                args.workers,
+                log_level=args.log_level,
+                log_format=args.log_format,
+            )
+        )
+        banner = _banner(address, config, dev_key)
+        workers = f"workers: {len(pids)} (pids {', '.join(map(str, pids))})"
+        print(banner.replace("\nagents: ", f"\n{workers}\nagents: ", 1), flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relay`` console script."""
     args = _parser().parse_args(argv)
@@ -137,8 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print("relay: --workers must be at least 1", file=sys.stderr)
+        return 2
     try:
-        trio.run(_serve, config, dev_key)
+        if args.workers > 1:
+            trio.run(_serve_workers, config, dev_key, args)
+        else:
+            trio.run(_serve, config, dev_key)
     except KeyboardInterrupt:
         return 0
     except (OSError, BaseExceptionGroup) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from functools import partial
 
@@ -54,11 +55,22 @@ def server_tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
     return context
 
 
+def _reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(socket.SOMAXCONN)
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+
+
 async def serve(
     config: Config,
     *,
     gateway: Gateway | None = None,
     mounts: dict[str, ASGIApp] | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway until cancelled, or until ``gateway.request_shutdown()``.
@@ -69,12 +81,16 @@ async def serve(
     503), lets open ones end for up to ``drain_period`` seconds, closes the
     rest with 1001, stops listening, and returns.
     ``gateway`` supplies prebuilt shared state (custom agents, resolver);
-    ``mounts`` adds ASGI apps by exact path (e.g. ``/ws/parser``).
+    ``mounts`` adds ASGI apps by exact path (e.g. ``/ws/parser``);
+    ``reuse_port`` lets several processes listen on the same address.
     """
     if gateway is None:
         gateway = Gateway.from_config(config)
     server = config.server
-    listeners = await trio.open_tcp_listeners(server.port, host=server.host)
+    if reuse_port:
+        listeners = _reuse_port_listeners(server.host, server.port)
+    else:
+        listeners = await trio.open_tcp_listeners(server.port, host=server.host)
     sockname = listeners[0].socket.getsockname()
     address = BoundAddress(str(sockname[0]), int(sockname[1]), tls=server.certfile is not None)
     http = AsgiServer(GatewayApp(gateway, mounts), max_request_head=server.max_request_head)
