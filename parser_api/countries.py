@@ -1,0 +1,30 @@
+"""ISO 3166-1 alpha-2 country codes and the currency Depop prices a country in."""
+
+from __future__ import annotations
+
+__all__ = ["ISO_COUNTRIES", "currency_for"]
+
+_ISO_CODES = """
+    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO
+    BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ
+    DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP
+    GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG
+    KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML
+    MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE
+    PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL
+    SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM
+    US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
+"""
+_EURO_CODES = "AT BE CY DE EE ES FI FR GR HR IE IT LT LU LV MT NL PT SI SK"
+
+ISO_COUNTRIES: frozenset[str] = frozenset(_ISO_CODES.split())
+_EURO = frozenset(_EURO_CODES.split())
+_CURRENCY = {"US": "USD", "GB": "GBP", "AU": "AUD", "CA": "CAD", "NZ": "NZD"}
+
+
+def currency_for(country: str) -> str:
+    """The currency Depop search prices are asked in for ``country`` (USD when unknown)."""
+    code = country.upper()
+    if code in _EURO:
+        return "EUR"
+    return _CURRENCY.get(code, "USD")

@@ -1,0 +1,1 @@
+"""Tests of the parser API and the GatewayClient SDK."""
