@@ -75,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_config(args: argparse.Namespace) -> tuple[Config, str | None]:
-    """The configuration ``relay serve`` runs with, and the generated dev key if any."""
+def build_config(args: argparse.Namespace) -> tuple[Config, Generated]:
+    """The configuration ``relay serve`` runs with, and the secrets generated for it."""
     config = load_config(args.config) if args.config else Config()
     if args.bind:
         config = attrs.evolve(config, server=attrs.evolve(config.server, bind=args.bind))
@@ -88,19 +88,37 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str | None]:
     if args.api_key:
         extra = tuple(KeyConfig(key=key, name=f"cli-{n}") for n, key in enumerate(args.api_key, 1))
         config = attrs.evolve(config, keys=config.keys + extra)
-    return config.with_dev_key()
+    config, api_key = config.with_dev_key()
+    parser, parser_token = config.parser.ensure_token()
+    return attrs.evolve(config, parser=parser), Generated(api_key, parser_token)
 
 
-def _banner(address: BoundAddress, config: Config, dev_key: str | None) -> str:
+@attrs.frozen
+class Generated:
+    """Secrets made up for this run, printed once in the banner (never logged)."""
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    parser_token: str | None = attrs.field(default=None, repr=False)
+
+
+def _banner(address: BoundAddress, config: Config, generated: Generated) -> str:
     lines = [f"relay listening on {address.ws_url}  (docs: {address.http_url}/ws/docs)"]
     agents = ", ".join(f"{a.slug} ({a.kind})" for a in config.agents)
     lines.append(f"agents: {agents}")
     if not config.targets.allow_private:
         lines.append("private and loopback targets are refused (--allow-private-targets to allow)")
-    if dev_key is not None:
-        example = json.dumps({"apiKey": dev_key, "url": "wss://echo.websocket.events"})
+    parser_url = address.ws_url + "/parser"
+    if generated.parser_token is not None:
+        lines.append(
+            f"parser API: {parser_url}  admin token (generated for this run): "
+            f"{generated.parser_token}"
+        )
+    else:
+        lines.append(f"parser API: {parser_url}")
+    if generated.api_key is not None:
+        example = json.dumps({"apiKey": generated.api_key, "url": "wss://echo.websocket.events"})
         lines += [
-            f"development API key (generated for this run): {dev_key}",
+            f"development API key (generated for this run): {generated.api_key}",
             "try it:",
             f"  wscat -c {address.ws_url}",
             f"  then paste: {example}",
@@ -108,7 +126,7 @@ def _banner(address: BoundAddress, config: Config, dev_key: str | None) -> str:
     return "\n".join(lines)
 
 
-async def _serve(config: Config, dev_key: str | None) -> None:
+async def _serve(config: Config, generated: Generated) -> None:
     """Run until SIGTERM/SIGINT: the first drains (1001 to open sessions after
     ``drain_period``), a second one stops at once."""
     gateway = Gateway.from_config(config)
@@ -130,10 +148,10 @@ async def _serve(config: Config, dev_key: str | None) -> None:
 
             address = await nursery.start(run_gateway)
             nursery.start_soon(watch_signals)
-            print(_banner(address, config, dev_key), flush=True)
+            print(_banner(address, config, generated), flush=True)
 
 
-async def _serve_workers(config: Config, dev_key: str | None, args: argparse.Namespace) -> None:
+async def _serve_workers(config: Config, generated: Generated, args: argparse.Namespace) -> None:
     async with trio.open_nursery() as nursery:
         address, pids = await nursery.start(
             partial(
@@ -144,7 +162,7 @@ async def _serve_workers(config: Config, dev_key: str | None, args: argparse.Nam
                 log_format=args.log_format,
             )
         )
-        banner = _banner(address, config, dev_key)
+        banner = _banner(address, config, generated)
         workers = f"workers: {len(pids)} (pids {', '.join(map(str, pids))})"
         print(banner.replace("\nagents: ", f"\n{workers}\nagents: ", 1), flush=True)
 
@@ -158,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(bench_cli.main(list(args.args)))
     configure_logging(args.log_level, args.log_format)
     try:
-        config, dev_key = build_config(args)
+        config, generated = build_config(args)
     except ConfigError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
@@ -167,9 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.workers > 1:
-            trio.run(_serve_workers, config, dev_key, args)
+            trio.run(_serve_workers, config, generated, args)
         else:
-            trio.run(_serve, config, dev_key)
+            trio.run(_serve, config, generated)
     except KeyboardInterrupt:
         return 0
     except (OSError, BaseExceptionGroup) as exc:

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 from cattrs.gen import make_dict_structure_fn
 
+from parser_api.config import ParserConfig
 from relay.converter import InputError, check, converter, structure
 
 __all__ = [
@@ -193,6 +194,8 @@ class Config:
         default=(AgentConfig(slug="local"),),
         validator=[check(lambda v: len(v) >= 1, "at least one agent is required"), _unique_slugs],
     )
+    # The parser API at /ws/parser; served when it has an admin token.
+    parser: ParserConfig = attrs.Factory(ParserConfig)
 
     def with_dev_key(self) -> tuple[Config, str | None]:
         """Add a generated development key when no key is configured.

@@ -81,6 +81,41 @@ class _TrafficCollector(Collector):
         yield healthy
 
 
+class ParserStats(Protocol):
+    """What the parser API app counts (parser_api.app.ParserApp)."""
+
+    active: int
+    requests: dict[tuple[str, bool], int]
+    refused: dict[str, int]
+
+
+class _ParserCollector(Collector):
+    def __init__(self, app: ParserStats) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        app = self._app
+        yield GaugeMetricFamily(
+            "parser_connections_active", "Open parser API connections", value=app.active
+        )
+        requests = CounterMetricFamily(
+            "parser_requests",
+            "Parser API requests answered, by action and ok",
+            labels=["action", "ok"],
+        )
+        for (action, ok), count in sorted(app.requests.items()):
+            requests.add_metric([action, "true" if ok else "false"], count)
+        yield requests
+        refused = CounterMetricFamily(
+            "parser_connections_refused",
+            "Parser API connections refused, by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(app.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+
+
 class Metrics:
     """One gateway's metrics, in a registry of its own (several gateways can
     share a process, e.g. in tests)."""
@@ -129,6 +164,10 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_TrafficCollector(self))
+
+    def watch_parser(self, app: ParserStats) -> None:
+        """Export the parser API's counters too."""
+        self.registry.register(_ParserCollector(app))
 
     def session_finished(self, traffic: tuple[int, int, int, int]) -> None:
         """Fold a finished session's traffic into the totals."""

@@ -10,6 +10,8 @@ from functools import partial
 import attrs
 import trio
 
+from parser_api.app import ParserApp, create_app
+from parser_api.protocol import ENDPOINT as PARSER_PATH
 from relay.asgi import ASGIApp, GatewayApp
 from relay.config import Config
 from relay.gateway import Gateway
@@ -65,6 +67,24 @@ def _reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
 
 
+def _parser_app(config: Config, gateway: Gateway, mounts: dict[str, ASGIApp]) -> ParserApp | None:
+    """Mount the parser API at /ws/parser when it has a token (and nothing else is there)."""
+    if not config.parser.has_token or PARSER_PATH in mounts:
+        return None
+    app = create_app(config.parser)
+    mounts[PARSER_PATH] = app
+    mounts[PARSER_PATH + "/"] = app
+    gateway.metrics.watch_parser(app)
+    return app
+
+
+async def _drain_parser(app: ParserApp, period: float) -> None:
+    """Parser connections get the same drain period, then 1001."""
+    with trio.move_on_after(period):
+        await app.wait_idle()
+    await app.shutdown(grace=2.0)
+
+
 async def serve(
     config: Config,
     *,
@@ -93,6 +113,8 @@ async def serve(
         listeners = await trio.open_tcp_listeners(server.port, host=server.host)
     sockname = listeners[0].socket.getsockname()
     address = BoundAddress(str(sockname[0]), int(sockname[1]), tls=server.certfile is not None)
+    mounts = dict(mounts or {})
+    parser = _parser_app(config, gateway, mounts)
     http = AsgiServer(GatewayApp(gateway, mounts), max_request_head=server.max_request_head)
     tls = server_tls_context(server.certfile, server.keyfile) if server.certfile else None
     async with trio.open_nursery() as nursery:
@@ -111,7 +133,10 @@ async def serve(
             log.info(
                 "draining %d sessions (up to %g s)", len(gateway.sessions), server.drain_period
             )
-            await gateway.drain(server.drain_period, server.close_timeout + 1.0)
+            async with trio.open_nursery() as draining:
+                draining.start_soon(gateway.drain, server.drain_period, server.close_timeout + 1.0)
+                if parser is not None:
+                    draining.start_soon(_drain_parser, parser, server.drain_period)
             accepting.cancel_scope.cancel()  # the listeners close
         log.info("drained; stopping")
         nursery.cancel_scope.cancel()

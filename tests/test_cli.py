@@ -82,3 +82,24 @@ async def test_port_in_use_is_a_clear_error() -> None:
     )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.decode()
+
+
+async def test_serve_mounts_the_parser_api_with_a_printed_token() -> None:
+    import re
+
+    from ws_gateway.client import GatewayClient
+    from ws_gateway.errors import AuthenticationError
+
+    async with relay_process(["--bind", "127.0.0.1:0"]) as relay:
+        match = re.search(
+            r"parser API: (ws://\S+/ws/parser)  admin token \(generated for this run\): (\S+)",
+            relay.output,
+        )
+        assert match is not None, relay.output
+        base = relay.ws_url.replace("ws://", "http://").removesuffix("/ws")
+        async with GatewayClient(base_http_url=base, admin_token=match.group(2)) as client:
+            pong = await client.ping()
+            assert pong["ok"] is True
+        with pytest.raises(AuthenticationError):
+            async with GatewayClient(base_http_url=base, admin_token="wrong") as client:
+                await client.ping()
