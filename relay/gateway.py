@@ -13,6 +13,7 @@ from relay.auth import KeyStore
 from relay.config import Config
 from relay.dial import DialSettings
 from relay.ratelimit import MemoryRateLimiter, RateLimiter
+from relay.slots import MemorySessionSlots, SessionSlots
 from relay.targets import Resolver, TargetPolicy, system_resolver
 
 __all__ = ["Gateway", "Stats", "configured_agents", "dial_settings"]
@@ -42,6 +43,7 @@ class Gateway:
     agents: AgentPool
     dial: DialSettings
     stats: Stats = attrs.Factory(Stats)
+    slots: SessionSlots = attrs.Factory(MemorySessionSlots)  # per-key session counts
 
     @classmethod
     def from_config(
@@ -51,11 +53,14 @@ class Gateway:
         agents: Sequence[Agent] | None = None,
         resolver: Resolver = system_resolver,
         limiter: RateLimiter | None = None,
+        slots: SessionSlots | None = None,
     ) -> Gateway:
         """Build the gateway's shared state from ``config``.
 
         ``agents``, when given, are used instead of the configured ones
         (embedding, tests); :func:`configured_agents` builds those.
+        ``limiter`` and ``slots`` default to the in-memory backends
+        (:func:`relay.limits.open_limits` opens the configured ones).
         """
         dial = dial_settings(config, resolver)
         return cls(
@@ -64,6 +69,7 @@ class Gateway:
             limiter=limiter if limiter is not None else MemoryRateLimiter(),
             agents=AgentPool(agents if agents is not None else configured_agents(config, dial)),
             dial=dial,
+            slots=slots if slots is not None else MemorySessionSlots(),
         )
 
 

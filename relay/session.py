@@ -44,6 +44,8 @@ from relay.protocol import (
     parse_connect_query,
 )
 from relay.pumps import Ending, relay_frames
+from relay.ratelimit import LimitsUnavailable
+from relay.slots import SessionClaim
 
 __all__ = ["run_session"]
 
@@ -135,13 +137,25 @@ async def _connect_request(gateway: Gateway, client: Hop, query: str) -> Connect
         raise SessionError(Outcome.BAD_REQUEST, str(exc)) from None
 
 
-async def _open_target(gateway: Gateway, request: ConnectRequest) -> tuple[Hop, str, int]:
-    """Authenticate, take a token, pick an agent and open the target."""
+async def _open_target(
+    gateway: Gateway, request: ConnectRequest, claim: SessionClaim
+) -> tuple[Hop, str, int]:
+    """Authenticate, take a token, claim a session slot, pick an agent and open the target."""
     key = gateway.keys.lookup(request.api_key)
     if key is None:
         raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
-    if not await gateway.limiter.acquire(key):
-        raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
+    try:
+        if not await gateway.limiter.acquire(key):
+            raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
+        if not await claim.claim(key):
+            raise SessionError(
+                Outcome.OVER_CAPACITY, "Too many concurrent sessions for this API key"
+            )
+    except LimitsUnavailable:
+        # A shared limits backend that fails closed: come back later (1013).
+        raise SessionError(
+            Outcome.OVER_CAPACITY, "Rate limiter unavailable, try again later"
+        ) from None
     agent = gateway.agents.choose(request)
     connection = await agent.open(request)
     target = Hop(
@@ -253,6 +267,7 @@ async def run_session(
     outcome = Outcome.CLOSED
     node_id = "-"
     target: Hop | None = None
+    claim = SessionClaim(gateway.slots)
     try:
         try:
             request = await _connect_request(gateway, client, query)
@@ -267,7 +282,7 @@ async def run_session(
                     config.close_timeout,
                 )
                 return
-            target, node_id, status = await _open_target(gateway, request)
+            target, node_id, status = await _open_target(gateway, request, claim)
             if request.send_connected:
                 await client.send_frame(TEXT, connected_message(node_id, status).encode())
         except SessionError as error:
@@ -280,16 +295,23 @@ async def run_session(
             if target is not None:
                 await target.aclose()
             return
-        ending = await relay_frames(
-            client, target, idle_timeout=request.idle_timeout, close_timeout=config.close_timeout
-        )
-        outcome = Outcome.CLOSED if ending is None else ending.outcome
-        await _end_relay(client, target, ending, config.close_timeout)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claim.keep_alive)  # a session slot must not expire while used
+            ending = await relay_frames(
+                client,
+                target,
+                idle_timeout=request.idle_timeout,
+                close_timeout=config.close_timeout,
+            )
+            outcome = Outcome.CLOSED if ending is None else ending.outcome
+            await _end_relay(client, target, ending, config.close_timeout)
+            nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await client.aclose()
             if target is not None:
                 await target.aclose()
+            await claim.release()
         stats.ended(outcome.value)
         log.info(
             "session end outcome=%s node=%s duration=%.3fs "
