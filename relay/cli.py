@@ -8,14 +8,18 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TypeVar
 
 import attrs
 import trio
 
 from relay.config import Config, ConfigError, KeyConfig, load_config, parse_bind
+from relay.ratelimit import LimitsUnavailable
 from relay.server import BoundAddress, serve
 
 __all__ = ["build_config", "main"]
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 def _bind(value: str) -> str:
@@ -73,6 +77,8 @@ def _banner(address: BoundAddress, config: Config, dev_key: str | None) -> str:
     lines = [f"relay listening on {address.ws_url}  (docs: {address.http_url}/ws/docs)"]
     agents = ", ".join(f"{a.slug} ({a.kind})" for a in config.agents)
     lines.append(f"agents: {agents}")
+    if config.ratelimit.backend == "redis":
+        lines.append(f"limits: shared in Redis ({config.ratelimit.on_redis_error} on Redis errors)")
     if not config.targets.allow_private:
         lines.append("private and loopback targets are refused (--allow-private-targets to allow)")
     if dev_key is not None:
@@ -102,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.log_level != "debug":
+        # Its retries and dropped connections are reported once, by relay.limits.
+        logging.getLogger("coredis").setLevel(logging.WARNING)
     try:
         config, dev_key = build_config(args)
     except ConfigError as exc:
@@ -111,8 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(_serve, config, dev_key)
     except KeyboardInterrupt:
         return 0
-    except (OSError, BaseExceptionGroup) as exc:
-        error = _os_error(exc)
+    except (OSError, LimitsUnavailable, BaseExceptionGroup) as exc:
+        unavailable = _find(exc, LimitsUnavailable)
+        if unavailable is not None:
+            print(f"relay: {unavailable}", file=sys.stderr)
+            return 1
+        error = _find(exc, OSError)
         if error is None:
             raise
         print(f"relay: cannot listen on {config.server.bind}: {error.strerror}", file=sys.stderr)
@@ -120,13 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError a start-up failure carries, through nurseries' groups."""
-    if isinstance(exc, OSError):
+def _find(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The ``kind`` of error a start-up failure carries, through nurseries' groups."""
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _os_error(inner)
+            found = _find(inner, kind)
             if found is not None:
                 return found
     return None

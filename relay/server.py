@@ -12,6 +12,7 @@ from relay.asgi import ASGIApp, GatewayApp
 from relay.config import Config
 from relay.gateway import Gateway
 from relay.httpserver import AsgiServer
+from relay.limits import open_limits
 from relay.listener import handle_connection
 
 __all__ = ["BoundAddress", "serve"]
@@ -51,10 +52,15 @@ async def serve(
     Use ``address = await nursery.start(serve, config)``: the address it
     reports is bound and accepting (port 0 in ``config`` picks a free port).
     ``gateway`` supplies prebuilt shared state (custom agents, resolver);
+    without it the limits backend of ``[ratelimit]`` is opened first (Redis
+    unreachable: :class:`relay.ratelimit.LimitsUnavailable`, nothing bound).
     ``mounts`` adds ASGI apps by exact path (e.g. ``/ws/parser``).
     """
     if gateway is None:
-        gateway = Gateway.from_config(config)
+        async with open_limits(config.ratelimit) as limits:
+            built = Gateway.from_config(config, limiter=limits.limiter, slots=limits.slots)
+            await serve(config, gateway=built, mounts=mounts, task_status=task_status)
+        return
     server = config.server
     listeners = await trio.open_tcp_listeners(server.port, host=server.host)
     sockname = listeners[0].socket.getsockname()
