@@ -8,6 +8,7 @@ from typing import Any
 
 from relay.docs import protocol_document
 from relay.gateway import Gateway
+from relay.playground import PLAYGROUND_PATH, send_page, send_redirect
 
 __all__ = ["GatewayApp"]
 
@@ -42,7 +43,7 @@ async def _json(send: Send, status: int, body: object, *, method: str = "GET") -
 
 
 class GatewayApp:
-    """``/ws/docs``, ``/healthz`` and any mounted sub-apps (by exact path)."""
+    """``/ws/docs``, ``/healthz``, ``/playground`` and any mounted sub-apps (by exact path)."""
 
     def __init__(self, gateway: Gateway, mounts: dict[str, ASGIApp] | None = None) -> None:
         self.gateway = gateway
@@ -84,11 +85,18 @@ class GatewayApp:
             await _json(send, 200, self._docs(scope), method=method)
         elif path == "/healthz":
             await _json(send, 200, self._health(), method=method)
+        elif path == PLAYGROUND_PATH:
+            await send_page(send, method=method)
+        elif path == "/":
+            await send_redirect(send, PLAYGROUND_PATH)
         else:
             await _json(
                 send,
                 404,
-                {"error": "not found", "endpoints": ["/ws", "/ws/docs", "/healthz", *self.mounts]},
+                {
+                    "error": "not found",
+                    "endpoints": ["/ws", "/ws/docs", "/healthz", PLAYGROUND_PATH, *self.mounts],
+                },
                 method=method,
             )
 
