@@ -64,3 +64,12 @@ def test_mistakes_are_named(tmp_path: Path, text: str, problem: str) -> None:
     with pytest.raises(ConfigError) as error:
         _load(tmp_path, text)
     assert problem in str(error.value)
+
+
+def test_the_readme_redis_example_is_the_shipped_file_and_loads() -> None:
+    root = Path(__file__).parent.parent.parent
+    shipped = (root / "examples" / "relay-redis.toml").read_text()
+    assert f"```toml\n{shipped}```" in (root / "README.md").read_text()
+    config = load_config(root / "examples" / "relay-redis.toml")
+    assert (config.ratelimit.backend, config.ratelimit.on_redis_error) == ("redis", "fail-open")
+    assert config.keys[0].max_sessions == 50
