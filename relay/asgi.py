@@ -10,6 +10,7 @@ from typing import Any
 from relay.docs import protocol_document
 from relay.gateway import Gateway
 from relay.metrics import CONTENT_TYPE
+from relay.playground import PLAYGROUND_PATH, send_page, send_redirect
 
 __all__ = ["GatewayApp"]
 
@@ -48,7 +49,7 @@ async def _text(send: Send, status: int, data: bytes, content_type: str, *, meth
 
 
 class GatewayApp:
-    """``/ws/docs``, ``/healthz`` and any mounted sub-apps (by exact path)."""
+    """``/ws/docs``, ``/healthz``, ``/playground`` and any mounted sub-apps (by exact path)."""
 
     def __init__(self, gateway: Gateway, mounts: dict[str, ASGIApp] | None = None) -> None:
         self.gateway = gateway
@@ -93,13 +94,24 @@ class GatewayApp:
             await _json(send, 503 if self.gateway.draining else 200, health, method=method)
         elif path == "/metrics":
             await _text(send, 200, self.gateway.metrics.render(), CONTENT_TYPE, method=method)
+        elif path == PLAYGROUND_PATH:
+            await send_page(send, method=method)
+        elif path == "/":
+            await send_redirect(send, PLAYGROUND_PATH)
         else:
             await _json(
                 send,
                 404,
                 {
                     "error": "not found",
-                    "endpoints": ["/ws", "/ws/docs", "/healthz", "/metrics", *self.mounts],
+                    "endpoints": [
+                        "/ws",
+                        "/ws/docs",
+                        "/healthz",
+                        "/metrics",
+                        PLAYGROUND_PATH,
+                        *self.mounts,
+                    ],
                 },
                 method=method,
             )

@@ -6,23 +6,25 @@ import argparse
 import importlib
 import json
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
+from typing import TypeVar
 
 import attrs
 import trio
 
 from relay.config import Config, ConfigError, KeyConfig, load_config, parse_bind
-from relay.gateway import Gateway
 from relay.logs import configure_logging
-from relay.server import BoundAddress, serve
+from relay.ratelimit import LimitsUnavailable
+from relay.server import BoundAddress, run_until_signalled
 from relay.workers import run_workers
 
 log = logging.getLogger("relay.cli")
 
 __all__ = ["build_config", "main"]
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 def _bind(value: str) -> str:
@@ -105,6 +107,8 @@ def _banner(address: BoundAddress, config: Config, generated: Generated) -> str:
     lines = [f"relay listening on {address.ws_url}  (docs: {address.http_url}/ws/docs)"]
     agents = ", ".join(f"{a.slug} ({a.kind})" for a in config.agents)
     lines.append(f"agents: {agents}")
+    if config.ratelimit.backend == "redis":
+        lines.append(f"limits: shared in Redis ({config.ratelimit.on_redis_error} on Redis errors)")
     if not config.targets.allow_private:
         lines.append("private and loopback targets are refused (--allow-private-targets to allow)")
     parser_url = address.ws_url + "/parser"
@@ -127,28 +131,9 @@ def _banner(address: BoundAddress, config: Config, generated: Generated) -> str:
 
 
 async def _serve(config: Config, generated: Generated) -> None:
-    """Run until SIGTERM/SIGINT: the first drains (1001 to open sessions after
-    ``drain_period``), a second one stops at once."""
-    gateway = Gateway.from_config(config)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def run_gateway(task_status: trio.TaskStatus[BoundAddress]) -> None:
-                await serve(config, gateway=gateway, task_status=task_status)
-                nursery.cancel_scope.cancel()  # drained: stop watching signals
-
-            async def watch_signals() -> None:
-                async for signum in signals:
-                    if gateway.shutdown_requested.is_set():
-                        log.warning("second %s: stopping now", signal.Signals(signum).name)
-                        nursery.cancel_scope.cancel()
-                        return
-                    log.info("%s: shutting down gracefully", signal.Signals(signum).name)
-                    gateway.request_shutdown()
-
-            address = await nursery.start(run_gateway)
-            nursery.start_soon(watch_signals)
-            print(_banner(address, config, generated), flush=True)
+    await run_until_signalled(
+        config, on_ready=lambda address: print(_banner(address, config, generated), flush=True)
+    )
 
 
 async def _serve_workers(config: Config, generated: Generated, args: argparse.Namespace) -> None:
@@ -175,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_cli = importlib.import_module("bench.cli")
         return int(bench_cli.main(list(args.args)))
     configure_logging(args.log_level, args.log_format)
+    if args.log_level != "debug":
+        # Its retries and dropped connections are reported once, by relay.limits.
+        logging.getLogger("coredis").setLevel(logging.WARNING)
     try:
         config, generated = build_config(args)
     except ConfigError as exc:
@@ -190,8 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(_serve, config, generated)
     except KeyboardInterrupt:
         return 0
-    except (OSError, BaseExceptionGroup) as exc:
-        error = _os_error(exc)
+    except (OSError, LimitsUnavailable, BaseExceptionGroup) as exc:
+        unavailable = _find(exc, LimitsUnavailable)
+        if unavailable is not None:
+            print(f"relay: {unavailable}", file=sys.stderr)
+            return 1
+        error = _find(exc, OSError)
         if error is None:
             raise
         print(f"relay: cannot listen on {config.server.bind}: {error.strerror}", file=sys.stderr)
@@ -199,13 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError a start-up failure carries, through nurseries' groups."""
-    if isinstance(exc, OSError):
+def _find(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The ``kind`` of error a start-up failure carries, through nurseries' groups."""
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _os_error(inner)
+            found = _find(inner, kind)
             if found is not None:
                 return found
     return None

@@ -17,13 +17,14 @@ import attrs
 from cattrs.gen import make_dict_structure_fn
 
 from parser_api.config import ParserConfig
-from relay.converter import InputError, check, converter, structure
+from relay.converter import FieldError, InputError, check, converter, structure
 
 __all__ = [
     "AgentConfig",
     "Config",
     "ConfigError",
     "KeyConfig",
+    "RateLimitConfig",
     "ServerConfig",
     "TargetsConfig",
     "load_config",
@@ -130,6 +131,11 @@ class KeyConfig:
     rate: float = attrs.field(default=1.0, validator=check(lambda v: v >= 0, "must be >= 0"))
     burst: int = attrs.field(default=10, validator=check(lambda v: v >= 1, "must be >= 1"))
     name: str | None = None  # shown in logs instead of the key
+    # Concurrent sessions this key may hold across every gateway sharing the
+    # limits backend; None: unlimited.
+    max_sessions: int | None = attrs.field(
+        default=None, validator=check(lambda v: v is None or v >= 1, "must be >= 1")
+    )
 
     @property
     def digest(self) -> bytes:
@@ -143,6 +149,63 @@ class KeyConfig:
     def key_id(self) -> str:
         """A label for logs and metrics that does not reveal the key."""
         return self.name or "key-" + self.digest.hex()[:8]
+
+
+_REDIS_URL = re.compile(r"^(redis|rediss|unix)://", re.IGNORECASE)
+
+
+def _redis_url(instance: Any, _attribute: Any, value: str | None) -> None:
+    if value is None:
+        if instance.backend == "redis":
+            raise FieldError("url", "is required when backend = 'redis'")
+    elif not _REDIS_URL.match(value):
+        raise FieldError("url", "must be a redis://, rediss:// or unix:// URL")
+
+
+def _below_ttl(instance: Any, _attribute: Any, value: float | None) -> None:
+    if value is not None and not 0 < value < instance.session_ttl:
+        raise FieldError("session_heartbeat", "must be > 0 and below session_ttl")
+
+
+@attrs.frozen
+class RateLimitConfig:
+    """The ``[ratelimit]`` table: where token buckets and session counts live.
+
+    ``memory`` keeps them in this process; ``redis`` shares them with every
+    gateway process using the same Redis and ``prefix``.
+    """
+
+    backend: str = attrs.field(
+        default="memory",
+        validator=check(lambda v: v in ("memory", "redis"), "must be 'memory' or 'redis'"),
+    )
+    url: str | None = attrs.field(default=None, validator=_redis_url, repr=False)
+    # What admission does while Redis cannot be reached: fall back to this
+    # process's own limits, or refuse (docs/decisions/0005-shared-limits-in-redis.md).
+    on_redis_error: str = attrs.field(
+        default="fail-open",
+        validator=check(
+            lambda v: v in ("fail-open", "fail-closed"), "must be 'fail-open' or 'fail-closed'"
+        ),
+    )
+    prefix: str = attrs.field(
+        default="relay",
+        validator=check(
+            lambda v: bool(re.match(r"^[A-Za-z0-9_.:-]{1,64}$", v)),
+            "must be 1-64 letters, digits or _.:-",
+        ),
+    )
+    timeout: float = attrs.field(default=1.0, validator=check(_positive, "must be > 0"))
+    # A session's claim on its key's concurrent-session quota expires this long
+    # after its gateway last refreshed it (so a dead gateway's sessions stop
+    # counting); live sessions refresh every session_heartbeat (default ttl/3).
+    session_ttl: float = attrs.field(default=30.0, validator=check(_positive, "must be > 0"))
+    session_heartbeat: float | None = attrs.field(default=None, validator=_below_ttl)
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between refreshes of a live session's claim."""
+        return self.session_heartbeat or self.session_ttl / 3
 
 
 def _upper(value: str | None) -> str | None:
@@ -189,6 +252,7 @@ class Config:
 
     server: ServerConfig = attrs.Factory(ServerConfig)
     targets: TargetsConfig = attrs.Factory(TargetsConfig)
+    ratelimit: RateLimitConfig = attrs.Factory(RateLimitConfig)
     keys: tuple[KeyConfig, ...] = ()
     agents: tuple[AgentConfig, ...] = attrs.field(
         default=(AgentConfig(slug="local"),),
@@ -214,7 +278,7 @@ def _forbid_extra(cls: type) -> None:
     )
 
 
-for _cls in (ServerConfig, TargetsConfig, KeyConfig, AgentConfig, Config):
+for _cls in (ServerConfig, TargetsConfig, RateLimitConfig, KeyConfig, AgentConfig, Config):
     _forbid_extra(_cls)
 
 

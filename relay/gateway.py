@@ -17,6 +17,7 @@ from relay.config import Config
 from relay.dial import DialSettings
 from relay.metrics import Metrics
 from relay.ratelimit import MemoryRateLimiter, RateLimiter
+from relay.slots import MemorySessionSlots, SessionSlots
 from relay.targets import Resolver, TargetPolicy, system_resolver
 
 __all__ = ["Gateway", "Stats", "configured_agents", "dial_settings"]
@@ -63,6 +64,7 @@ class Gateway:
     agents: AgentPool
     dial: DialSettings
     stats: Stats = attrs.Factory(Stats)
+    slots: SessionSlots = attrs.Factory(MemorySessionSlots)  # per-key session counts
     sessions: set[LiveSession] = attrs.Factory(set)
     metrics: Metrics = attrs.field(init=False)
     # Set by request_shutdown(); serve() then drains and stops.
@@ -78,6 +80,7 @@ class Gateway:
                 for agent in self.agents.agents
             ],
             draining=lambda: self.draining,
+            backend_errors=lambda: int(getattr(self.limiter, "redis_errors", 0)),
         )
         self._idle.set()
 
@@ -124,11 +127,14 @@ class Gateway:
         agents: Sequence[Agent] | None = None,
         resolver: Resolver = system_resolver,
         limiter: RateLimiter | None = None,
+        slots: SessionSlots | None = None,
     ) -> Gateway:
         """Build the gateway's shared state from ``config``.
 
         ``agents``, when given, are used instead of the configured ones
         (embedding, tests); :func:`configured_agents` builds those.
+        ``limiter`` and ``slots`` default to the in-memory backends
+        (:func:`relay.limits.open_limits` opens the configured ones).
         """
         dial = dial_settings(config, resolver)
         return cls(
@@ -137,6 +143,7 @@ class Gateway:
             limiter=limiter if limiter is not None else MemoryRateLimiter(),
             agents=AgentPool(agents if agents is not None else configured_agents(config, dial)),
             dial=dial,
+            slots=slots if slots is not None else MemorySessionSlots(),
         )
 
 

@@ -79,6 +79,11 @@ class _TrafficCollector(Collector):
         for slug, kind, ok in metrics.agent_health():
             healthy.add_metric([slug, kind], 1 if ok else 0)
         yield healthy
+        yield CounterMetricFamily(
+            "relay_limits_backend_errors",
+            "Failed calls to the shared limits backend (Redis)",
+            value=metrics.backend_errors(),
+        )
 
 
 class ParserStats(Protocol):
@@ -126,11 +131,13 @@ class Metrics:
         live_sessions: Callable[[], Iterable[TrafficSource]] = tuple,
         agent_health: Callable[[], Iterable[tuple[str, str, bool]]] = tuple,
         draining: Callable[[], bool] = lambda: False,
+        backend_errors: Callable[[], int] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.live_sessions = live_sessions
         self.agent_health = agent_health
         self.draining = draining
+        self.backend_errors = backend_errors
         self.finished_traffic = [0, 0, 0, 0]
         self.connects = Counter(
             "relay_connects",

@@ -2,11 +2,13 @@
 
 :class:`TokenBucket` is pure arithmetic on a caller-supplied clock, so refill
 is tested with Trio's autojump clock; :class:`MemoryRateLimiter` is the
-single-process backend behind the :class:`RateLimiter` interface.
+single-process backend behind the :class:`RateLimiter` interface
+(:mod:`relay.redis_limits` has the shared one).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 import attrs
@@ -14,7 +16,21 @@ import trio
 
 from relay.config import KeyConfig
 
-__all__ = ["MemoryRateLimiter", "RateLimiter", "TokenBucket"]
+__all__ = ["LimitsUnavailable", "MemoryRateLimiter", "RateLimiter", "TokenBucket", "limit_id"]
+
+
+class LimitsUnavailable(Exception):
+    """A shared limits backend cannot answer and its policy is to refuse (fail-closed)."""
+
+
+def limit_id(key: KeyConfig) -> str:
+    """The name a key's shared limits are stored under.
+
+    Derived from the key's digest, so every gateway configured with the same
+    key (by value or by hash, under any ``name``) finds the same bucket, and
+    the stored name is neither the key nor the ``key_sha256`` of a config file.
+    """
+    return hashlib.sha256(b"relay-limits:" + key.digest).hexdigest()[:32]
 
 
 @attrs.define
@@ -46,7 +62,10 @@ class RateLimiter(Protocol):
     """Where a key's bucket lives."""
 
     async def acquire(self, key: KeyConfig) -> bool:
-        """Take one token for ``key``; False when its bucket is empty."""
+        """Take one token for ``key``; False when its bucket is empty.
+
+        May raise :class:`LimitsUnavailable` (a shared backend that fails closed).
+        """
         ...
 
 

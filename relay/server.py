@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import ssl
+from collections.abc import Callable
 from functools import partial
 
 import attrs
@@ -16,9 +18,10 @@ from relay.asgi import ASGIApp, GatewayApp
 from relay.config import Config
 from relay.gateway import Gateway
 from relay.httpserver import AsgiServer
+from relay.limits import open_limits
 from relay.listener import handle_connection
 
-__all__ = ["BoundAddress", "serve"]
+__all__ = ["BoundAddress", "run_until_signalled", "serve"]
 
 log = logging.getLogger("relay.server")
 
@@ -101,11 +104,18 @@ async def serve(
     503), lets open ones end for up to ``drain_period`` seconds, closes the
     rest with 1001, stops listening, and returns.
     ``gateway`` supplies prebuilt shared state (custom agents, resolver);
+    without it the limits backend of ``[ratelimit]`` is opened first (Redis
+    unreachable: :class:`relay.ratelimit.LimitsUnavailable`, nothing bound).
     ``mounts`` adds ASGI apps by exact path (e.g. ``/ws/parser``);
     ``reuse_port`` lets several processes listen on the same address.
     """
     if gateway is None:
-        gateway = Gateway.from_config(config)
+        async with open_limits(config.ratelimit) as limits:
+            built = Gateway.from_config(config, limiter=limits.limiter, slots=limits.slots)
+            await serve(
+                config, gateway=built, mounts=mounts, reuse_port=reuse_port, task_status=task_status
+            )
+        return
     server = config.server
     if reuse_port:
         listeners = _reuse_port_listeners(server.host, server.port)
@@ -140,3 +150,40 @@ async def serve(
             accepting.cancel_scope.cancel()  # the listeners close
         log.info("drained; stopping")
         nursery.cancel_scope.cancel()
+
+
+async def run_until_signalled(
+    config: Config,
+    *,
+    reuse_port: bool = False,
+    on_ready: Callable[[BoundAddress], None] = lambda address: None,
+) -> None:
+    """``serve()`` with the configured limits backend until SIGTERM or SIGINT.
+
+    The first signal drains (see :func:`serve`); a second one stops at once.
+    ``on_ready`` is called with the bound address once the gateway accepts.
+    """
+    async with open_limits(config.ratelimit) as limits:
+        gateway = Gateway.from_config(config, limiter=limits.limiter, slots=limits.slots)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def run_gateway(task_status: trio.TaskStatus[BoundAddress]) -> None:
+                    await serve(
+                        config, gateway=gateway, reuse_port=reuse_port, task_status=task_status
+                    )
+                    nursery.cancel_scope.cancel()  # drained: stop watching signals
+
+                async def watch_signals() -> None:
+                    async for signum in signals:
+                        name = signal.Signals(signum).name
+                        if gateway.shutdown_requested.is_set():
+                            log.warning("second %s: stopping now", name)
+                            nursery.cancel_scope.cancel()
+                            return
+                        log.info("%s: shutting down gracefully", name)
+                        gateway.request_shutdown()
+
+                address = await nursery.start(run_gateway)
+                nursery.start_soon(watch_signals)
+                on_ready(address)

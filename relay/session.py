@@ -40,6 +40,8 @@ from relay.protocol import (
     parse_connect_query,
 )
 from relay.pumps import Ending, RelayWatch, relay_frames
+from relay.ratelimit import LimitsUnavailable
+from relay.slots import SessionClaim
 
 __all__ = ["Session", "run_session"]
 
@@ -143,6 +145,7 @@ class Session:
         "_shutting_down",
         "_watch",
         "agent",
+        "claim",
         "client",
         "gateway",
         "id",
@@ -157,6 +160,7 @@ class Session:
     def __init__(self, gateway: Gateway, client: Hop) -> None:
         self.id = secrets.token_hex(6)
         self.gateway = gateway
+        self.claim = SessionClaim(gateway.slots, session_id=self.id)
         self.client = client
         self.target: Hop | None = None
         self.started = time.monotonic()
@@ -184,6 +188,9 @@ class Session:
 
     def _relaying(self, watch: RelayWatch) -> None:
         self._watch = watch
+        if self.claim.key_id is not None:
+            # A held session slot must not expire while the session relays.
+            watch.nursery.start_soon(self.claim.keep_alive)
         if self._shutting_down:
             watch.finish(Ending(Outcome.SHUTDOWN))
 
@@ -198,6 +205,7 @@ class Session:
                 await self.client.aclose()
                 if self.target is not None:
                     await self.target.aclose()
+                await self.claim.release()
             for side, hop in (("client", self.client), ("target", self.target)):
                 if hop is not None and hop.close_sent:
                     gateway.metrics.close_sent(side, hop.sent_close_code)
@@ -264,9 +272,19 @@ class Session:
         if key is None:
             raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
         self.key_id = key.key_id
-        if not await gateway.limiter.acquire(key):
-            gateway.metrics.rate_limited.inc()
-            raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
+        try:
+            if not await gateway.limiter.acquire(key):
+                gateway.metrics.rate_limited.inc()
+                raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
+            if not await self.claim.claim(key):
+                raise SessionError(
+                    Outcome.OVER_CAPACITY, "Too many concurrent sessions for this API key"
+                )
+        except LimitsUnavailable:
+            # A shared limits backend that fails closed: come back later (1013).
+            raise SessionError(
+                Outcome.OVER_CAPACITY, "Rate limiter unavailable, try again later"
+            ) from None
         agent = gateway.agents.choose(request)
         self.agent, self.node_id = agent.slug, agent.node_id
         dial_started = trio.current_time()

@@ -27,9 +27,8 @@ import trio
 
 from relay.config import Config, config_from_dict
 from relay.converter import converter
-from relay.gateway import Gateway
 from relay.logs import configure_logging
-from relay.server import BoundAddress, serve
+from relay.server import BoundAddress, run_until_signalled
 
 __all__ = ["reserve_port", "run_workers"]
 
@@ -144,24 +143,11 @@ async def run_workers(
 
 async def _worker_main() -> None:
     config = config_from_dict(json.loads(os.environ[CONFIG_ENV]))
-    gateway = Gateway.from_config(config)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def run_gateway(task_status: trio.TaskStatus[BoundAddress]) -> None:
-                await serve(config, gateway=gateway, reuse_port=True, task_status=task_status)
-                nursery.cancel_scope.cancel()
-
-            async def watch_signals() -> None:
-                async for _ in signals:
-                    if gateway.shutdown_requested.is_set():
-                        nursery.cancel_scope.cancel()
-                        return
-                    gateway.request_shutdown()
-
-            await nursery.start(run_gateway)
-            nursery.start_soon(watch_signals)
-            print(f"{READY} pid={os.getpid()}", flush=True)
+    await run_until_signalled(
+        config,
+        reuse_port=True,
+        on_ready=lambda address: print(f"{READY} pid={os.getpid()}", flush=True),
+    )
 
 
 if __name__ == "__main__":
