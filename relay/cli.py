@@ -15,6 +15,7 @@ import attrs
 import trio
 
 from relay.config import Config, ConfigError, KeyConfig, load_config, parse_bind
+from relay.limits import open_limits
 from relay.logs import configure_logging
 from relay.ratelimit import LimitsUnavailable
 from relay.server import BoundAddress, run_until_signalled
@@ -137,6 +138,10 @@ async def _serve(config: Config, generated: Generated) -> None:
 
 
 async def _serve_workers(config: Config, generated: Generated, args: argparse.Namespace) -> None:
+    # Checked once here: otherwise an unreachable Redis would only make every
+    # worker exit at start-up, and the supervisor restart them again and again.
+    async with open_limits(config.ratelimit):
+        pass
     async with trio.open_nursery() as nursery:
         address, pids = await nursery.start(
             partial(
