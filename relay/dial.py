@@ -148,7 +148,8 @@ async def open_target(
             connection = await upgrade(
                 stream, request, max_response_head=settings.max_response_head
             )
-            return attrs.evolve(connection, sock=sock)
+            # Under TLS the socket carries ciphertext: the pumps must use the stream.
+            return attrs.evolve(connection, sock=None if target.secure else sock)
         except BaseException:
             if stream is not None:
                 await trio.aclose_forcefully(stream)

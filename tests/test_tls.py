@@ -60,3 +60,28 @@ async def test_wss_and_https_on_one_port(
         running.ws_url, api_key=KEY, url=f"{target.url}/echo", ssl_context=trusting
     ) as relayed:
         assert relayed.status == 101
+
+
+async def test_wss_target_through_a_private_ca(
+    nursery: trio.Nursery, target: TargetServer, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    listeners = await trio.open_ssl_over_tcp_listeners(0, server_context, host="127.0.0.1")
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, target.handle, listeners)
+    config = make_config()
+    config = attrs.evolve(config, targets=attrs.evolve(config.targets, ca_file=str(cafile)))
+    running = await start_gateway(nursery, config)
+    async with open_relay(running.ws_url, api_key=KEY, url=f"wss://127.0.0.1:{port}/echo") as r:
+        for message in ("small", b"\x01" * 100_000, "x" * 70_000):
+            await r.websocket.send_message(message)
+            assert await r.websocket.get_message() == message
+        await r.websocket.aclose(4003, "bye over TLS")
+    record = target.connections[-1]
+    with trio.fail_after(10):
+        await record.ended.wait()
+    assert (record.close_code, record.close_reason) == (4003, "bye over TLS")
