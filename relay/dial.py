@@ -18,7 +18,14 @@ from relay.hop import RECEIVE_SIZE
 from relay.protocol import ConnectRequest, TargetURL
 from relay.targets import Resolver, TargetPolicy, resolve_checked, system_resolver
 
-__all__ = ["DialSettings", "TargetConnection", "open_target", "upgrade"]
+__all__ = [
+    "DialSettings",
+    "TargetConnection",
+    "connect_tcp",
+    "open_target",
+    "start_tls",
+    "upgrade",
+]
 
 
 @attrs.frozen
@@ -28,6 +35,8 @@ class TargetConnection:
     stream: trio.abc.Stream
     status: int
     trailing: bytes
+    # The far end enforces the request's idle timeout itself (a remote agent does).
+    idle_handled: bool = False
 
 
 @attrs.frozen
@@ -76,6 +85,30 @@ def _tcp_error(target: TargetURL, exc: OSError) -> SessionError:
         return SessionError(Outcome.TARGET_FAILED, f"Target connection refused: {where}")
     detail = getattr(root, "strerror", None) or str(root) or type(root).__name__
     return SessionError(Outcome.TARGET_FAILED, f"Target unreachable: {where} ({detail})")
+
+
+async def start_tls(
+    stream: trio.abc.Stream,
+    host: str,
+    context: ssl.SSLContext,
+    *,
+    peer: str = "target",
+    outcome: Outcome = Outcome.TARGET_FAILED,
+) -> trio.SSLStream[trio.abc.Stream]:
+    """TLS over ``stream`` to ``host``; a failure names ``peer`` and the TLS error.
+
+    On failure the caller still owns (and closes) ``stream``.
+    """
+    tls = trio.SSLStream(stream, context, server_hostname=host)
+    try:
+        await tls.do_handshake()
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        detail = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+        raise SessionError(
+            outcome, f"TLS handshake with {peer} failed: {detail or cause or exc}"
+        ) from None
+    return tls
 
 
 async def upgrade(
@@ -127,19 +160,7 @@ async def open_target(
                 raise _tcp_error(target, exc) from None
             if target.secure:
                 stage = "the TLS handshake with the target"
-                tls = trio.SSLStream(stream, settings.ssl_context, server_hostname=target.host)
-                stream = tls
-                try:
-                    await tls.do_handshake()
-                except trio.BrokenResourceError as exc:
-                    cause = exc.__cause__
-                    detail = getattr(cause, "verify_message", None) or getattr(
-                        cause, "reason", None
-                    )
-                    raise SessionError(
-                        Outcome.TARGET_FAILED,
-                        f"TLS handshake with target failed: {detail or cause or exc}",
-                    ) from None
+                stream = await start_tls(stream, target.host, settings.ssl_context)
             stage = "the WebSocket handshake with the target"
             return await upgrade(stream, request, max_response_head=settings.max_response_head)
         except BaseException:

@@ -3,13 +3,19 @@
 The session owns everything it opens: the connect deadline, the target
 connection, the pumps (in :func:`relay.pumps.relay_frames`) and the closing.
 Nothing raised here leaves the session except cancellation.
+
+The same session serves two front doors (a :class:`Front`): the gateway's
+``/ws``, where clients authenticate and an agent is chosen, and a remote
+agent's ``/agent``, where the gateway hands over a request the agent dials.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
+import attrs
 import trio
 
 from relay.closecodes import (
@@ -19,7 +25,9 @@ from relay.closecodes import (
     echo_code,
     reason_for,
 )
+from relay.config import ServerConfig
 from relay.converter import InputError
+from relay.dial import TargetConnection
 from relay.frames import (
     BINARY,
     CLOSE,
@@ -33,7 +41,7 @@ from relay.frames import (
     Violation,
     parse_close_payload,
 )
-from relay.gateway import Gateway
+from relay.gateway import Gateway, Stats
 from relay.hop import Hop
 from relay.protocol import (
     ConnectRequest,
@@ -44,9 +52,79 @@ from relay.protocol import (
 )
 from relay.pumps import Ending, relay_frames
 
-__all__ = ["run_session"]
+__all__ = ["Front", "GatewayFront", "run_session", "serve_session"]
 
 log = logging.getLogger("relay.session")
+
+
+class Front(Protocol):
+    """What differs between the session's front doors."""
+
+    @property
+    def server(self) -> ServerConfig:
+        """Timeouts and size limits of this process."""
+        ...
+
+    @property
+    def stats(self) -> Stats:
+        """Counters this session adds to."""
+        ...
+
+    def query_request(self) -> ConnectRequest | None:
+        """A request given without a connect message (the query string), if any."""
+        ...
+
+    def parse(self, text: str) -> ConnectRequest:
+        """The connect message's text as a request; raises :class:`InputError`."""
+        ...
+
+    async def open(self, request: ConnectRequest) -> tuple[TargetConnection, str]:
+        """Admit the request and open its target; the connection and the node_id."""
+        ...
+
+    def error_text(self, error: SessionError) -> str:
+        """The text frame that tells the client why there is no session."""
+        ...
+
+
+@attrs.frozen
+class GatewayFront:
+    """The gateway's ``/ws``: API key, one token, an agent chosen by ``geo``/``agent``."""
+
+    gateway: Gateway
+    query: str = ""
+
+    @property
+    def server(self) -> ServerConfig:
+        """The gateway's ``[server]`` settings."""
+        return self.gateway.config.server
+
+    @property
+    def stats(self) -> Stats:
+        """The gateway's counters."""
+        return self.gateway.stats
+
+    def query_request(self) -> ConnectRequest | None:
+        """The ``/ws?url=…`` form."""
+        return parse_connect_query(self.query)
+
+    def parse(self, text: str) -> ConnectRequest:
+        """A client's connect message."""
+        return parse_connect_message(text)
+
+    async def open(self, request: ConnectRequest) -> tuple[TargetConnection, str]:
+        """Authenticate, take a token, pick an agent (retrying others) and open the target."""
+        gateway = self.gateway
+        key = gateway.keys.lookup(request.api_key)
+        if key is None:
+            raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
+        if not await gateway.limiter.acquire(key):
+            raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
+        return await gateway.agents.open(request)
+
+    def error_text(self, error: SessionError) -> str:
+        """The protocol's ``error`` message."""
+        return error_message(error.message)
 
 
 async def _read_connect_message(client: Hop, max_size: int) -> str | None:
@@ -112,21 +190,19 @@ def _connect_violation(violation: Violation, max_size: int) -> str:
     return f"Protocol error: {violation.reason}"
 
 
-async def _connect_request(gateway: Gateway, client: Hop, query: str) -> ConnectRequest | None:
+async def _connect_request(front: Front, client: Hop) -> ConnectRequest | None:
     """The validated connect request from the query string or the first message."""
-    timeout = gateway.config.server.connect_timeout
+    timeout = front.server.connect_timeout
     try:
-        from_query = parse_connect_query(query)
+        from_query = front.query_request()
         if from_query is not None:
             return from_query
         text: str | None = None
         with trio.move_on_after(timeout):
-            text = await _read_connect_message(
-                client, gateway.config.server.max_connect_message_size
-            )
+            text = await _read_connect_message(client, front.server.max_connect_message_size)
             if text is None:
                 return None
-            return parse_connect_message(text)
+            return front.parse(text)
         raise SessionError(
             Outcome.CONNECT_TIMEOUT, f"No connect message within {timeout:g} seconds"
         )
@@ -134,23 +210,17 @@ async def _connect_request(gateway: Gateway, client: Hop, query: str) -> Connect
         raise SessionError(Outcome.BAD_REQUEST, str(exc)) from None
 
 
-async def _open_target(gateway: Gateway, request: ConnectRequest) -> tuple[Hop, str, int]:
-    """Authenticate, take a token, pick an agent and open the target."""
-    key = gateway.keys.lookup(request.api_key)
-    if key is None:
-        raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
-    if not await gateway.limiter.acquire(key):
-        raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
-    agent = gateway.agents.choose(request)
-    connection = await agent.open(request)
+async def _open_target(front: Front, request: ConnectRequest) -> tuple[Hop, str, int, bool]:
+    """Open the target through the front; its hop, node_id, status, idle handled there."""
+    connection, node_id = await front.open(request)
     target = Hop(
         "target",
         connection.stream,
         is_target=True,
-        max_message_size=gateway.config.server.max_message_size,
+        max_message_size=front.server.max_message_size,
         pending=connection.trailing,
     )
-    return target, agent.node_id, connection.status
+    return target, node_id, connection.status, connection.idle_handled
 
 
 async def _await_close(hop: Hop) -> None:
@@ -214,12 +284,12 @@ async def _await_eof(hop: Hop) -> None:
             return
 
 
-async def _refuse(client: Hop, error: SessionError, grace: float) -> None:
+async def _refuse(front: Front, client: Hop, error: SessionError, grace: float) -> None:
     """Tell the client why there is no session, then close with the mapped code."""
     with trio.move_on_after(grace):
         try:
             if client.close_received is None and not client.lost:
-                await client.send_frame(TEXT, error_message(error.message).encode())
+                await client.send_frame(TEXT, front.error_text(error).encode())
         except trio.BrokenResourceError:
             client.lost = True
     await _close_hop(client, error.close_code, error.message, True, grace)
@@ -228,12 +298,17 @@ async def _refuse(client: Hop, error: SessionError, grace: float) -> None:
 async def run_session(
     gateway: Gateway, stream: trio.abc.Stream, *, query: str, pending: bytes
 ) -> None:
-    """Serve one client whose WebSocket handshake has completed on ``stream``."""
-    config = gateway.config.server
+    """Serve one ``/ws`` client whose WebSocket handshake has completed on ``stream``."""
+    await serve_session(GatewayFront(gateway, query), stream, pending=pending)
+
+
+async def serve_session(front: Front, stream: trio.abc.Stream, *, pending: bytes) -> None:
+    """Serve one client of ``front`` whose WebSocket handshake has completed on ``stream``."""
+    config = front.server
     client = Hop(
         "client", stream, is_target=False, max_message_size=config.max_message_size, pending=pending
     )
-    stats = gateway.stats
+    stats = front.stats
     stats.sessions_started += 1
     stats.sessions_active += 1
     started = time.monotonic()
@@ -242,7 +317,7 @@ async def run_session(
     target: Hop | None = None
     try:
         try:
-            request = await _connect_request(gateway, client, query)
+            request = await _connect_request(front, client)
             if request is None:
                 outcome = Outcome.CLIENT_LOST if client.close_received is None else Outcome.CLOSED
                 code = echo_code(client.close_received.code) if client.close_received else None
@@ -254,12 +329,12 @@ async def run_session(
                     config.close_timeout,
                 )
                 return
-            target, node_id, status = await _open_target(gateway, request)
+            target, node_id, status, idle_handled = await _open_target(front, request)
             if request.send_connected:
                 await client.send_frame(TEXT, connected_message(node_id, status).encode())
         except SessionError as error:
             outcome = error.outcome
-            await _refuse(client, error, config.close_timeout)
+            await _refuse(front, client, error, config.close_timeout)
             return
         except trio.BrokenResourceError:
             outcome = Outcome.CLIENT_LOST
@@ -267,8 +342,10 @@ async def run_session(
             if target is not None:
                 await target.aclose()
             return
+        # Where the far end (a remote agent) keeps the idle deadline, one clock is enough.
+        idle_timeout = 0.0 if idle_handled else request.idle_timeout
         ending = await relay_frames(
-            client, target, idle_timeout=request.idle_timeout, close_timeout=config.close_timeout
+            client, target, idle_timeout=idle_timeout, close_timeout=config.close_timeout
         )
         outcome = Outcome.CLOSED if ending is None else ending.outcome
         await _end_relay(client, target, ending, config.close_timeout)
