@@ -8,6 +8,7 @@ from functools import partial
 import attrs
 import trio
 
+from relay.agents.health import run_health_checks
 from relay.asgi import ASGIApp, GatewayApp
 from relay.config import Config
 from relay.gateway import Gateway
@@ -62,6 +63,7 @@ async def serve(
     http = AsgiServer(GatewayApp(gateway, mounts), max_request_head=server.max_request_head)
     async with trio.open_nursery() as nursery:
         await nursery.start(http.run_lifespan)
+        await nursery.start(run_health_checks, gateway.agents.agents)
         log.info("relay listening on %s", address.ws_url)
         task_status.started(address)
         await trio.serve_listeners(
