@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 import attrs
 
-from relay.agents import Agent, AgentPool, DirectAgent
+from relay.agents import Agent, AgentPool
+from relay.agents.factory import build_agent
 from relay.auth import KeyStore
-from relay.config import Config
+from relay.config import Config, NodeConfig
 from relay.dial import DialSettings
 from relay.ratelimit import MemoryRateLimiter, RateLimiter
 from relay.targets import Resolver, TargetPolicy, system_resolver
@@ -67,7 +68,9 @@ class Gateway:
         )
 
 
-def dial_settings(config: Config, resolver: Resolver = system_resolver) -> DialSettings:
+def dial_settings(
+    config: Config | NodeConfig, resolver: Resolver = system_resolver
+) -> DialSettings:
     """How this gateway dials targets: policy, timeout, TLS trust, resolver."""
     context = ssl.create_default_context()
     if config.targets.ca_file:
@@ -82,13 +85,4 @@ def dial_settings(config: Config, resolver: Resolver = system_resolver) -> DialS
 
 def configured_agents(config: Config, dial: DialSettings) -> list[Agent]:
     """The agents the ``[[agents]]`` tables describe."""
-    return [
-        DirectAgent(
-            slug=agent.slug,
-            country=agent.country,
-            node_id=agent.reported_node_id,
-            settings=dial,
-            source_address=agent.source_address,
-        )
-        for agent in config.agents
-    ]
+    return [build_agent(agent, dial) for agent in config.agents]
