@@ -6,6 +6,7 @@ names the stage and cause, for the client's error message.
 from __future__ import annotations
 
 import errno
+import os
 import ssl
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ __all__ = [
     "TargetConnection",
     "connect_tcp",
     "open_target",
+    "os_error_text",
     "start_tls",
     "upgrade",
 ]
@@ -73,6 +75,15 @@ def _root_cause(exc: BaseException) -> BaseException:
             continue
         exc, cause = cause, cause.__cause__
     return exc
+
+
+def os_error_text(exc: OSError) -> str:
+    """The underlying cause of a failed connect, e.g. ``Connection refused``."""
+    root = _root_cause(exc)
+    code = getattr(root, "errno", None)
+    if isinstance(code, int):
+        return os.strerror(code)  # trio's own text repeats the address
+    return getattr(root, "strerror", None) or str(root) or type(root).__name__
 
 
 def _tcp_error(target: TargetURL, exc: OSError) -> SessionError:

@@ -20,7 +20,7 @@ from python_socks.async_.trio.v2 import Proxy
 
 from relay.agents.health import Health, probe
 from relay.closecodes import Outcome, SessionError
-from relay.dial import DialSettings, TargetConnection, start_tls, upgrade
+from relay.dial import DialSettings, TargetConnection, os_error_text, start_tls, upgrade
 from relay.protocol import ConnectRequest, TargetURL
 from relay.targets import resolve_checked
 
@@ -135,7 +135,7 @@ class ProxyAgent:
                 self.proxy.host, self.proxy.port, local_address=self.source_address
             )
         except OSError as exc:
-            raise self._fail(f"proxy unreachable ({exc.strerror or exc})") from None
+            raise self._fail(f"proxy unreachable ({os_error_text(exc)})") from None
         if self.proxy.tls:
             try:
                 stream = await start_tls(
@@ -168,7 +168,9 @@ class ProxyAgent:
                 host, port, timeout=self.settings.timeout + 60, local_addr=self.source_address
             )
         except ProxyConnectionError as exc:
-            raise self._fail(f"proxy unreachable ({exc.strerror or 'connection failed'})") from None
+            cause = exc.__cause__
+            detail = os_error_text(cause) if isinstance(cause, OSError) else "connection failed"
+            raise self._fail(f"proxy unreachable ({detail})") from None
         except ProxyTimeoutError:
             raise self._fail("proxy did not answer in time") from None
         except ProxyError as exc:
@@ -179,7 +181,7 @@ class ProxyAgent:
                 raise self._fail(f"TLS handshake with the proxy failed: {detail}") from None
             raise self._fail("proxy closed the connection during its handshake") from None
         except OSError as exc:
-            raise self._fail(f"proxy connection failed ({exc.strerror or exc})") from None
+            raise self._fail(f"proxy connection failed ({os_error_text(exc)})") from None
         return wrapped.trio_stream
 
     def _refusal(self, exc: ProxyError) -> SessionError:

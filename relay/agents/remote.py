@@ -24,13 +24,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionRejected, open_websocket_url
+from trio_websocket import (
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    open_websocket_url,
+)
 
 from relay.agents.base import plain_request
 from relay.agents.health import Health, probe
 from relay.closecodes import Outcome, SessionError
 from relay.converter import InputError, loads_json, structure
-from relay.dial import DialSettings, TargetConnection, start_tls, upgrade
+from relay.dial import DialSettings, TargetConnection, os_error_text, start_tls, upgrade
 from relay.frames import CLOSE, PING, PONG, TEXT, FrameReader, Violation, encode_frame
 from relay.hop import RECEIVE_SIZE
 from relay.protocol import ConnectRequest, TargetURL, parse_target_url
@@ -158,7 +163,7 @@ class RemoteAgent:
         try:
             tcp = await trio.open_tcp_stream(link.host, link.port)
         except OSError as exc:
-            raise self._fail(f"unreachable ({exc.strerror or exc})") from None
+            raise self._fail(f"unreachable ({os_error_text(exc)})") from None
         stream: trio.abc.Stream = tcp
         try:
             keep_link_alive(tcp)
@@ -261,6 +266,12 @@ class RemoteAgent:
             if exc.status_code in (401, 403):
                 raise self._fail(f"refused the gateway's token (HTTP {exc.status_code})") from None
             raise self._fail(f"refused the health check (HTTP {exc.status_code})") from None
+        except ConnectionTimeout:
+            raise self._fail("did not accept the health check in time") from None
+        except HandshakeError as exc:  # trio-websocket's wrapper of the network error
+            cause = exc.__cause__
+            detail = os_error_text(cause) if isinstance(cause, OSError) else "connection failed"
+            raise self._fail(f"unreachable ({detail})") from None
         data = loads_json(text, what="agent health answer")
         if not isinstance(data, dict) or data.get("type") != "healthy":
             raise self._fail("answered the health check with something else")
