@@ -3,6 +3,7 @@ secrets out of reprs, and ``relay agent``'s own configuration and options."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from relay.agents.proxy import ProxyAgent
 from relay.agents.remote import RemoteAgent
 from relay.cli import _parser, build_node_config, main
-from relay.config import ConfigError, config_from_dict, load_node_config
+from relay.config import ConfigError, config_from_dict, load_config, load_node_config
 from relay.gateway import Gateway
 
 ISSUE_EXAMPLE = """
@@ -121,3 +122,18 @@ def test_agent_without_a_token_or_with_bad_options_exits_2(
     assert "source_address: must be an IP address" in capsys.readouterr().err
     assert main(["agent", "--token", "t", "--tls-cert", "/nonexistent.pem"]) == 2
     assert "cannot load TLS certificate /nonexistent.pem" in capsys.readouterr().err
+
+
+def test_shipped_examples_and_readme_blocks_load() -> None:
+    root = Path(__file__).parent.parent.parent
+    config = load_config(root / "examples" / "gateway-agents.toml")
+    assert [(a.slug, a.kind) for a in config.agents] == [
+        ("local", "direct"),
+        ("us2", "proxy"),
+        ("de1", "remote"),
+    ]
+    node = load_node_config(root / "examples" / "agent.toml")
+    assert (node.agent.slug, node.agent.country, node.server.bind) == ("de1", "DE", "0.0.0.0:9090")
+    readme = (root / "README.md").read_text()
+    for block in re.findall(r"```toml\n(.*?)```", readme, flags=re.S):
+        config_from_dict(tomllib.loads(block))
