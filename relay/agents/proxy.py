@@ -106,7 +106,7 @@ class ProxyAgent:
         With remote DNS the proxy resolves names, so only addresses given
         literally and names that are local by definition can be checked here;
         without it the gateway resolves, checks, and hands the proxy the
-        checked address (docs/decisions/0005-agents.md).
+        checked address (docs/decisions/0007-agents.md).
         """
         policy = self.settings.policy
         try:
