@@ -29,23 +29,41 @@ MESSAGES: list[str | bytes] = [
 
 
 async def test_messages_relay_byte_exact_in_order(target: TargetServer, gateway: Running) -> None:
+    echoed: list[str | bytes] = []
     async with open_relay(gateway.ws_url, api_key=KEY, url=f"{target.url}/echo") as relayed:
         assert relayed.node_id == "relay-local"
         assert relayed.status == 101
-        for message in MESSAGES:
-            await relayed.websocket.send_message(message)
-        for message in MESSAGES:
-            echoed = await relayed.websocket.get_message()
-            assert type(echoed) is type(message)
-            assert echoed == message
+
+        async def send_all() -> None:
+            for message in MESSAGES:
+                await relayed.websocket.send_message(message)
+
+        # Reading while sending: backpressure would otherwise stall all three
+        # parties once every buffer between them is full.
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all)
+                for _ in MESSAGES:
+                    echoed.append(await relayed.websocket.get_message())
+    for got, message in zip(echoed, MESSAGES, strict=True):
+        assert type(got) is type(message)
+        assert got == message
     assert target.connections[0].messages == MESSAGES
 
 
 async def test_pipelined_messages_keep_order(target: TargetServer, gateway: Running) -> None:
+    got: list[str | bytes] = []
     async with open_relay(gateway.ws_url, api_key=KEY, url=f"{target.url}/echo") as relayed:
-        for n in range(500):
-            await relayed.websocket.send_message(f"m{n}" if n % 2 else f"m{n}".encode())
-        got = [await relayed.websocket.get_message() for _ in range(500)]
+
+        async def send_all() -> None:
+            for n in range(500):
+                await relayed.websocket.send_message(f"m{n}" if n % 2 else f"m{n}".encode())
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all)
+                for _ in range(500):
+                    got.append(await relayed.websocket.get_message())
     assert got == [f"m{n}" if n % 2 else f"m{n}".encode() for n in range(500)]
 
 
