@@ -7,6 +7,8 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from relay.agents import Agent
+from relay.agents.health import Health
 from relay.docs import protocol_document
 from relay.gateway import Gateway
 from relay.metrics import CONTENT_TYPE
@@ -124,18 +126,36 @@ class GatewayApp:
 
     def _health(self) -> dict[str, Any]:
         stats = self.gateway.stats
+        agents = self.gateway.agents.agents
         return {
-            "status": "draining" if self.gateway.draining else "ok",
+            # Serving but unable to dial anything: say so without failing the probe.
+            "status": "draining"
+            if self.gateway.draining
+            else ("ok" if any(agent.healthy for agent in agents) else "degraded"),
             "pid": os.getpid(),
             "sessions_active": stats.sessions_active,
             "sessions_started": stats.sessions_started,
-            "agents": [
-                {
-                    "slug": agent.slug,
-                    "country": agent.country,
-                    "node_id": agent.node_id,
-                    "healthy": agent.healthy,
-                }
-                for agent in self.gateway.agents.agents
-            ],
+            "agents": [_agent_health(agent) for agent in agents],
         }
+
+
+def _agent_health(agent: Agent) -> dict[str, Any]:
+    """One agent in ``/healthz``: identity, kind and check results, never a secret."""
+    entry: dict[str, Any] = {
+        "slug": agent.slug,
+        "country": agent.country,
+        "node_id": agent.node_id,
+        "kind": getattr(agent, "kind", "custom"),
+        "healthy": agent.healthy,
+    }
+    health = getattr(agent, "health", None)
+    if isinstance(health, Health):
+        entry.update(
+            state=health.state,
+            last_check=health.last_check,
+            last_error=health.last_error,
+            failures=health.failures,
+        )
+        if health.reported:
+            entry["reported"] = dict(health.reported)
+    return entry

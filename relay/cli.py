@@ -14,6 +14,8 @@ from typing import TypeVar
 import attrs
 import trio
 
+from relay.agents.node import Node
+from relay.agents.nodecli import TOKEN_ENV, add_agent_parser, build_node_config, run_node
 from relay.config import Config, ConfigError, KeyConfig, load_config, parse_bind
 from relay.limits import open_limits
 from relay.logs import configure_logging
@@ -23,7 +25,7 @@ from relay.workers import run_workers
 
 log = logging.getLogger("relay.cli")
 
-__all__ = ["build_config", "main"]
+__all__ = ["TOKEN_ENV", "build_config", "build_node_config", "main"]
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -71,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--log-format", default="text", choices=["text", "json"], help="log line format"
     )
+    add_agent_parser(commands, _bind)
     bench_cmd = commands.add_parser(
         "bench", help="benchmark the relay (see bench/)", add_help=False
     )
@@ -164,10 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # bench/ is optional at run time (its extra installs rich, matplotlib, …).
         bench_cli = importlib.import_module("bench.cli")
         return int(bench_cli.main(list(args.args)))
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level, getattr(args, "log_format", "text"))
     if args.log_level != "debug":
         # Its retries and dropped connections are reported once, by relay.limits.
         logging.getLogger("coredis").setLevel(logging.WARNING)
+    if args.command == "agent":
+        return _agent_main(args)
     try:
         config, generated = build_config(args)
     except ConfigError as exc:
@@ -192,6 +197,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error is None:
             raise
         print(f"relay: cannot listen on {config.server.bind}: {error.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _agent_main(args: argparse.Namespace) -> int:
+    try:
+        node_config = build_node_config(args)
+        # Built here so a bad certificate or key is a start-up error, not a crash.
+        node = Node.from_config(node_config)
+    except (ConfigError, ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.filename:
+            print(f"relay: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        else:
+            print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(run_node, node_config, node)
+    except KeyboardInterrupt:
+        return 0
+    except (OSError, BaseExceptionGroup) as exc:
+        error = _find(exc, OSError)
+        if error is None:
+            raise
+        bind = node_config.server.bind
+        print(f"relay: cannot listen on {bind}: {error.strerror}", file=sys.stderr)
         return 1
     return 0
 

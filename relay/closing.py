@@ -14,7 +14,6 @@ import trio
 from relay.closecodes import Outcome, SessionError, code_for, echo_code, reason_for
 from relay.frames import TEXT, CloseFrame
 from relay.hop import Hop
-from relay.protocol import error_message
 from relay.pumps import Ending
 
 __all__ = ["close_hop", "end_relay", "refuse"]
@@ -81,12 +80,12 @@ async def _await_eof(hop: Hop) -> None:
             return
 
 
-async def refuse(client: Hop, error: SessionError, grace: float) -> None:
-    """Tell the client why there is no session, then close with the mapped code."""
+async def refuse(client: Hop, error: SessionError, text: str, grace: float) -> None:
+    """Send the client ``text`` (why there is no session), then close with the mapped code."""
     with trio.move_on_after(grace):
         try:
             if client.close_received is None and not client.lost:
-                await client.send_frame(TEXT, error_message(error.message).encode())
+                await client.send_frame(TEXT, text.encode())
         except trio.BrokenResourceError:
             client.lost = True
     await close_hop(client, error.close_code, error.message, True, grace)

@@ -7,28 +7,35 @@ start-up rather than a default silently kept.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import secrets
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 from cattrs.gen import make_dict_structure_fn
 
 from parser_api.config import ParserConfig
 from relay.converter import FieldError, InputError, check, converter, structure
+from relay.protocol import parse_target_url
 
 __all__ = [
     "AgentConfig",
     "Config",
     "ConfigError",
     "KeyConfig",
+    "NodeConfig",
+    "NodeSettings",
     "RateLimitConfig",
     "ServerConfig",
     "TargetsConfig",
     "load_config",
+    "load_node_config",
     "parse_bind",
+    "valid_ip",
 ]
 
 DEFAULT_BIND = "127.0.0.1:8080"
@@ -212,6 +219,56 @@ def _upper(value: str | None) -> str | None:
     return value.upper() if isinstance(value, str) else value
 
 
+_KINDS = ("direct", "proxy", "remote")
+_PROXY_SCHEMES = ("socks5", "socks4", "http", "https")
+
+
+def valid_ip(value: str | None) -> bool:
+    """True for None or an IP address (validator of ``source_address``)."""
+    if value is None:
+        return True
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _proxy_url(value: str | None) -> bool:
+    if value is None:
+        return True
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme.lower() in _PROXY_SCHEMES
+        and bool(parts.hostname)
+        and port is not None
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+    )
+
+
+def _agent_url(value: str | None) -> bool:
+    return value is None or parse_target_url(value) is not None
+
+
+def _kind_fields(instance: Any, _attribute: Any, _value: Any) -> None:
+    """Each kind needs its own fields, and only those."""
+    kind = instance.kind
+    if kind == "proxy" and instance.proxy is None:
+        raise FieldError("kind", "kind 'proxy' needs proxy = 'socks5://…'")
+    if kind == "remote" and (instance.url is None or instance.token is None):
+        raise FieldError("kind", "kind 'remote' needs url and token")
+    if kind != "proxy" and instance.proxy is not None:
+        raise FieldError("proxy", "only for kind 'proxy'")
+    if kind != "remote" and (instance.url is not None or instance.token is not None):
+        raise FieldError("url" if instance.url is not None else "token", "only for kind 'remote'")
+
+
 @attrs.frozen
 class AgentConfig:
     """One ``[[agents]]`` entry: where target connections leave from."""
@@ -228,9 +285,43 @@ class AgentConfig:
     )
     node_id: str | None = None
     kind: str = attrs.field(
-        default="direct", validator=check(lambda v: v in ("direct",), "must be 'direct'")
+        default="direct",
+        validator=[
+            check(lambda v: v in _KINDS, "must be 'direct', 'proxy' or 'remote'"),
+            _kind_fields,  # attrs runs validators once every field is set
+        ],
     )
-    source_address: str | None = None
+    # Local IP the dial is bound to: the target connection (direct), the agent's
+    # target connection (remote, sent to the agent), the connection to the proxy (proxy).
+    source_address: str | None = attrs.field(
+        default=None, validator=check(valid_ip, "must be an IP address")
+    )
+    # kind = "proxy": the upstream proxy; the URL may carry credentials, so no repr.
+    proxy: str | None = attrs.field(
+        default=None,
+        validator=check(
+            _proxy_url, "must be socks5://, socks4://, http:// or https:// [user:pass@]host:port"
+        ),
+        repr=False,
+    )
+    remote_dns: bool = True  # proxy: let the proxy resolve target names (SOCKS5, SOCKS4a, HTTP)
+    # kind = "remote": the agent's endpoint and the token it expects.
+    url: str | None = attrs.field(
+        default=None,
+        validator=check(_agent_url, "must be a ws:// or wss:// URL, e.g. ws://host:9090/agent"),
+    )
+    token: str | None = attrs.field(
+        default=None,
+        validator=check(lambda v: v is None or len(v) >= 1, "must not be empty"),
+        repr=False,
+    )
+    ca_file: str | None = None  # extra CA trusted for a wss:// agent or an https:// proxy
+    health_interval: float = attrs.field(default=10.0, validator=check(_positive, "must be > 0"))
+    health_timeout: float = attrs.field(default=5.0, validator=check(_positive, "must be > 0"))
+    # A WebSocket dialed through the agent as its health check (a full upgrade and close).
+    health_url: str | None = attrs.field(
+        default=None, validator=check(_agent_url, "must be a ws:// or wss:// URL")
+    )
 
     @property
     def reported_node_id(self) -> str:
@@ -272,13 +363,110 @@ class Config:
         return attrs.evolve(self, keys=(KeyConfig(key=key, name="dev"),)), key
 
 
+DEFAULT_AGENT_BIND = "127.0.0.1:9090"
+
+
+@attrs.frozen
+class NodeSettings:
+    """The ``[agent]`` table of ``relay agent``: who this egress node is and how it dials."""
+
+    token: str | None = attrs.field(
+        default=None,
+        validator=check(lambda v: v is None or len(v) >= 1, "must not be empty"),
+        repr=False,
+    )
+    token_sha256: str | None = attrs.field(
+        default=None,
+        validator=check(lambda v: v is None or bool(_HEX64.match(v)), "must be 64 hex digits"),
+        repr=False,
+    )
+    slug: str = attrs.field(
+        default="agent", validator=check(lambda v: bool(_SLUG.match(v)), "must be a slug")
+    )
+    country: str | None = attrs.field(
+        default=None,
+        converter=_upper,
+        validator=check(
+            lambda v: v is None or bool(re.match(r"^[A-Z]{2}$", v)), "must be a two-letter ISO code"
+        ),
+    )
+    node_id: str | None = None
+    # Optional upstream proxy for this node's dials (credentials: no repr).
+    proxy: str | None = attrs.field(
+        default=None,
+        validator=check(
+            _proxy_url, "must be socks5://, socks4://, http:// or https:// [user:pass@]host:port"
+        ),
+        repr=False,
+    )
+    remote_dns: bool = True
+    ca_file: str | None = None  # extra CA trusted for an https:// proxy
+    source_address: str | None = attrs.field(
+        default=None, validator=check(valid_ip, "must be an IP address")
+    )
+    tls_cert: str | None = None  # PEM certificate chain: serve wss:// instead of ws://
+    tls_key: str | None = None
+
+    @property
+    def token_digest(self) -> bytes | None:
+        """SHA-256 of the token: the only form the node compares."""
+        if self.token_sha256 is not None:
+            return bytes.fromhex(self.token_sha256)
+        if self.token is not None:
+            return hashlib.sha256(self.token.encode()).digest()
+        return None
+
+    def egress(self) -> AgentConfig:
+        """This node's own way out, as an agent of kind ``direct`` or ``proxy``."""
+        return AgentConfig(
+            slug=self.slug,
+            country=self.country,
+            node_id=self.node_id,
+            kind="direct" if self.proxy is None else "proxy",
+            proxy=self.proxy,
+            remote_dns=self.remote_dns,
+            ca_file=self.ca_file,
+            source_address=self.source_address,
+        )
+
+
+@attrs.frozen
+class NodeConfig:
+    """``relay agent --config``: ``[server]`` and ``[targets]`` as a gateway's, and ``[agent]``."""
+
+    server: ServerConfig = attrs.Factory(lambda: ServerConfig(bind=DEFAULT_AGENT_BIND))
+    targets: TargetsConfig = attrs.Factory(TargetsConfig)
+    agent: NodeSettings = attrs.Factory(NodeSettings)
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    """Read and validate a ``relay agent`` TOML file."""
+    data = _read_toml(path)
+    server = data.get("server")
+    if isinstance(server, dict):
+        server.setdefault("bind", DEFAULT_AGENT_BIND)
+    try:
+        return structure(data, NodeConfig, what="agent configuration")
+    except InputError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def _forbid_extra(cls: type) -> None:
     converter.register_structure_hook(
         cls, make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
     )
 
 
-for _cls in (ServerConfig, TargetsConfig, RateLimitConfig, KeyConfig, AgentConfig, Config):
+for _cls in (
+    ServerConfig,
+    TargetsConfig,
+    RateLimitConfig,
+    KeyConfig,
+    AgentConfig,
+    Config,
+    NodeSettings,
+    NodeConfig,
+):
     _forbid_extra(_cls)
 
 
@@ -290,15 +478,19 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(str(exc)) from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML configuration file."""
+def _read_toml(path: str | Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as file:
-            data = tomllib.load(file)
+            return tomllib.load(file)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML configuration file."""
+    data = _read_toml(path)
     try:
         return config_from_dict(data)
     except ConfigError as exc:

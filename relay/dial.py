@@ -6,6 +6,7 @@ names the stage and cause, for the client's error message.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import ssl
 from collections.abc import Sequence
@@ -19,7 +20,15 @@ from relay.hop import RECEIVE_SIZE, adopt_socket
 from relay.protocol import ConnectRequest, TargetURL
 from relay.targets import Resolver, TargetPolicy, resolve_checked, system_resolver
 
-__all__ = ["DialSettings", "TargetConnection", "open_target", "upgrade"]
+__all__ = [
+    "DialSettings",
+    "TargetConnection",
+    "connect_tcp",
+    "open_target",
+    "os_error_text",
+    "start_tls",
+    "upgrade",
+]
 
 
 @attrs.frozen
@@ -30,6 +39,8 @@ class TargetConnection:
     status: int
     trailing: bytes
     sock: socket.socket | None = None  # the stream's socket, for the pumps' direct calls
+    # The far end enforces the request's idle timeout itself (a remote agent does).
+    idle_handled: bool = False
 
 
 @attrs.frozen
@@ -68,6 +79,15 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def os_error_text(exc: OSError) -> str:
+    """The underlying cause of a failed connect, e.g. ``Connection refused``."""
+    root = _root_cause(exc)
+    code = getattr(root, "errno", None)
+    if isinstance(code, int):
+        return os.strerror(code)  # trio's own text repeats the address
+    return getattr(root, "strerror", None) or str(root) or type(root).__name__
+
+
 def _tcp_error(target: TargetURL, exc: OSError) -> SessionError:
     where = f"{target.host}:{target.port}"
     root = _root_cause(exc)
@@ -78,6 +98,30 @@ def _tcp_error(target: TargetURL, exc: OSError) -> SessionError:
         return SessionError(Outcome.TARGET_FAILED, f"Target connection refused: {where}")
     detail = getattr(root, "strerror", None) or str(root) or type(root).__name__
     return SessionError(Outcome.TARGET_FAILED, f"Target unreachable: {where} ({detail})")
+
+
+async def start_tls(
+    stream: trio.abc.Stream,
+    host: str,
+    context: ssl.SSLContext,
+    *,
+    peer: str = "target",
+    outcome: Outcome = Outcome.TARGET_FAILED,
+) -> trio.SSLStream[trio.abc.Stream]:
+    """TLS over ``stream`` to ``host``; a failure names ``peer`` and the TLS error.
+
+    On failure the caller still owns (and closes) ``stream``.
+    """
+    tls = trio.SSLStream(stream, context, server_hostname=host)
+    try:
+        await tls.do_handshake()
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        detail = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+        raise SessionError(
+            outcome, f"TLS handshake with {peer} failed: {detail or cause or exc}"
+        ) from None
+    return tls
 
 
 async def upgrade(
@@ -131,19 +175,7 @@ async def open_target(
             stream, sock = adopt_socket(stream)
             if target.secure:
                 stage = "the TLS handshake with the target"
-                tls = trio.SSLStream(stream, settings.ssl_context, server_hostname=target.host)
-                stream = tls
-                try:
-                    await tls.do_handshake()
-                except trio.BrokenResourceError as exc:
-                    cause = exc.__cause__
-                    detail = getattr(cause, "verify_message", None) or getattr(
-                        cause, "reason", None
-                    )
-                    raise SessionError(
-                        Outcome.TARGET_FAILED,
-                        f"TLS handshake with target failed: {detail or cause or exc}",
-                    ) from None
+                stream = await start_tls(stream, target.host, settings.ssl_context)
             stage = "the WebSocket handshake with the target"
             connection = await upgrade(
                 stream, request, max_response_head=settings.max_response_head

@@ -5,57 +5,26 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
-from typing import Protocol
 
 import attrs
-import trio
 
-from relay.agents import Agent, AgentPool, DirectAgent
+from relay.agents import Agent, AgentPool
+from relay.agents.factory import build_agent
 from relay.auth import KeyStore
-from relay.closecodes import Outcome
-from relay.config import Config
+from relay.config import Config, NodeConfig
 from relay.dial import DialSettings
-from relay.metrics import Metrics
 from relay.ratelimit import MemoryRateLimiter, RateLimiter
+from relay.registry import SessionRegistry, Stats
 from relay.slots import MemorySessionSlots, SessionSlots
 from relay.targets import Resolver, TargetPolicy, system_resolver
 
 __all__ = ["Gateway", "Stats", "configured_agents", "dial_settings"]
 
-
-@attrs.define
-class Stats:
-    """Counters since start-up (exported by ``/healthz``)."""
-
-    sessions_started: int = 0
-    sessions_active: int = 0
-    outcomes: dict[str, int] = attrs.Factory(dict)
-
-    def ended(self, outcome: str) -> None:
-        """Count a finished session."""
-        self.sessions_active -= 1
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+# Stats is re-exported: it moved to relay.registry with the session bookkeeping.
 
 
-class LiveSession(Protocol):
-    """What the gateway needs of a running session (relay.session.Session)."""
-
-    def traffic(self) -> tuple[int, int, int, int]:
-        """Bytes and frames relayed so far."""
-        ...
-
-    def shutdown(self) -> None:
-        """End it with 1001."""
-        ...
-
-    @property
-    def outcome(self) -> Outcome:
-        """How it ended (valid once it has)."""
-        ...
-
-
-@attrs.define
-class Gateway:
+@attrs.define(kw_only=True)
+class Gateway(SessionRegistry):
     """The shared state of one gateway process."""
 
     config: Config
@@ -63,61 +32,18 @@ class Gateway:
     limiter: RateLimiter
     agents: AgentPool
     dial: DialSettings
-    stats: Stats = attrs.Factory(Stats)
     slots: SessionSlots = attrs.Factory(MemorySessionSlots)  # per-key session counts
-    sessions: set[LiveSession] = attrs.Factory(set)
-    metrics: Metrics = attrs.field(init=False)
-    # Set by request_shutdown(); serve() then drains and stops.
-    shutdown_requested: trio.Event = attrs.Factory(trio.Event)
-    draining: bool = False
-    _idle: trio.Event = attrs.Factory(trio.Event)
 
-    def __attrs_post_init__(self) -> None:
-        self.metrics = Metrics(
-            live_sessions=lambda: self.sessions,
-            agent_health=lambda: [
-                (agent.slug, getattr(agent, "kind", "direct"), agent.healthy)
-                for agent in self.agents.agents
-            ],
-            draining=lambda: self.draining,
-            backend_errors=lambda: int(getattr(self.limiter, "redis_errors", 0)),
-        )
-        self._idle.set()
+    def agent_health(self) -> list[tuple[str, str, bool]]:
+        """Slug, kind and health of every agent, for /metrics."""
+        return [
+            (agent.slug, getattr(agent, "kind", "direct"), agent.healthy)
+            for agent in self.agents.agents
+        ]
 
-    def session_started(self, session: LiveSession) -> None:
-        """Register a session."""
-        self.sessions.add(session)
-        self.stats.sessions_started += 1
-        self.stats.sessions_active += 1
-        self._idle = trio.Event()
-
-    def session_ended(self, session: LiveSession) -> None:
-        """Unregister a session and fold its traffic into the totals."""
-        self.sessions.discard(session)
-        self.stats.ended(session.outcome.value)
-        self.metrics.session_finished(session.traffic())
-        self.metrics.sessions.labels(session.outcome.value).inc()
-        if not self.sessions:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        """Return once no session is open."""
-        await self._idle.wait()
-
-    def request_shutdown(self) -> None:
-        """Ask :func:`relay.serve` to stop accepting, drain, and return."""
-        self.shutdown_requested.set()
-
-    async def drain(self, period: float, grace: float) -> None:
-        """Wait up to ``period`` for sessions to end, then close the rest with
-        1001 and give them ``grace`` seconds to finish their closes."""
-        self.draining = True
-        with trio.move_on_after(period):
-            await self.wait_idle()
-        for session in list(self.sessions):
-            session.shutdown()
-        with trio.move_on_after(grace):
-            await self.wait_idle()
+    def backend_errors(self) -> int:
+        """Failed calls to a shared limits backend, for /metrics."""
+        return int(getattr(self.limiter, "redis_errors", 0))
 
     @classmethod
     def from_config(
@@ -147,7 +73,9 @@ class Gateway:
         )
 
 
-def dial_settings(config: Config, resolver: Resolver = system_resolver) -> DialSettings:
+def dial_settings(
+    config: Config | NodeConfig, resolver: Resolver = system_resolver
+) -> DialSettings:
     """How this gateway dials targets: policy, timeout, TLS trust, resolver."""
     context = ssl.create_default_context()
     if config.targets.ca_file:
@@ -162,13 +90,4 @@ def dial_settings(config: Config, resolver: Resolver = system_resolver) -> DialS
 
 def configured_agents(config: Config, dial: DialSettings) -> list[Agent]:
     """The agents the ``[[agents]]`` tables describe."""
-    return [
-        DirectAgent(
-            slug=agent.slug,
-            country=agent.country,
-            node_id=agent.reported_node_id,
-            settings=dial,
-            source_address=agent.source_address,
-        )
-        for agent in config.agents
-    ]
+    return [build_agent(agent, dial) for agent in config.agents]

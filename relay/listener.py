@@ -22,7 +22,7 @@ from relay.hop import RECEIVE_SIZE, adopt_socket
 from relay.httpserver import AsgiServer, ReplayStream
 from relay.session import run_session
 
-__all__ = ["RELAY_PATH", "handle_connection"]
+__all__ = ["RELAY_PATH", "handle_connection", "read_request_head"]
 
 log = logging.getLogger("relay.listener")
 
@@ -32,7 +32,7 @@ _METHOD_PEEK = 16
 _METHOD_PREFIX = re.compile(rb"^[A-Z]{1,15}( |$)")
 
 
-async def _read_head(
+async def read_request_head(
     stream: trio.abc.Stream, conn: h11.Connection
 ) -> tuple[h11.Request | None, bytes]:
     """Read until a whole request head; returns it (or None) and every byte read."""
@@ -118,7 +118,7 @@ async def _route(
     request: h11.Request | None = None
     raw = b""
     with trio.move_on_after(config.handshake_timeout):
-        request, raw = await _read_head(stream, conn)
+        request, raw = await read_request_head(stream, conn)
     if request is None:
         if raw:
             await _send_quietly(stream, server_reject(conn, 400, "Bad request"))

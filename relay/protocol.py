@@ -28,6 +28,7 @@ __all__ = [
     "error_message",
     "parse_connect_message",
     "parse_connect_query",
+    "parse_target_url",
 ]
 
 MAX_URL_LENGTH = 8192
@@ -283,3 +284,8 @@ def connected_message(node_id: str, status: int = 101) -> str:
 def error_message(message: str) -> str:
     """An ``error`` answer, as JSON text."""
     return json.dumps({"type": "error", "message": message})
+
+
+def parse_target_url(value: str) -> TargetURL | None:
+    """A ``ws://`` / ``wss://`` URL checked like the connect message's ``url``; None if invalid."""
+    return _parse_target_url(value)

@@ -14,6 +14,7 @@ import trio
 
 from parser_api.app import ParserApp, create_app
 from parser_api.protocol import ENDPOINT as PARSER_PATH
+from relay.agents.health import run_health_checks
 from relay.asgi import ASGIApp, GatewayApp
 from relay.config import Config
 from relay.gateway import Gateway
@@ -129,6 +130,7 @@ async def serve(
     tls = server_tls_context(server.certfile, server.keyfile) if server.certfile else None
     async with trio.open_nursery() as nursery:
         await nursery.start(http.run_lifespan)
+        await nursery.start(run_health_checks, gateway.agents.agents)
         log.info("relay listening on %s", address.ws_url)
         async with trio.open_nursery() as accepting:
             accepting.start_soon(

@@ -3,6 +3,10 @@
 The session owns everything it opens: the connect deadline, the target
 connection, the pumps (in :func:`relay.pumps.relay_frames`) and the closing.
 Nothing raised here leaves the session except cancellation.
+
+The same machinery serves two front doors (:class:`Front`): the gateway's
+``/ws`` (API key, token bucket, agent choice) and a ``relay agent``'s
+``/agent`` link, whose client is a gateway (relay/agents/node.py).
 """
 
 from __future__ import annotations
@@ -11,13 +15,16 @@ import logging
 import secrets
 import socket
 import time
-from typing import Any
+from typing import Any, Protocol
 
+import attrs
 import trio
 
 from relay.closecodes import Outcome, SessionError, echo_code
 from relay.closing import close_hop, end_relay, refuse
+from relay.config import ServerConfig
 from relay.converter import InputError
+from relay.dial import TargetConnection
 from relay.frames import (
     BINARY,
     CLOSE,
@@ -36,16 +43,104 @@ from relay.logs import fields
 from relay.protocol import (
     ConnectRequest,
     connected_message,
+    error_message,
     parse_connect_message,
     parse_connect_query,
 )
 from relay.pumps import Ending, RelayWatch, relay_frames
 from relay.ratelimit import LimitsUnavailable
+from relay.registry import SessionRegistry
 from relay.slots import SessionClaim
 
-__all__ = ["Session", "run_session"]
+__all__ = ["Front", "GatewayFront", "Session", "run_session", "serve_session"]
 
 log = logging.getLogger("relay.session")
+
+
+class Front(Protocol):
+    """What differs between the session's front doors."""
+
+    @property
+    def server(self) -> ServerConfig:
+        """Timeouts and size limits of this process."""
+        ...
+
+    @property
+    def registry(self) -> SessionRegistry:
+        """Where this session is registered and counted."""
+        ...
+
+    def query_request(self) -> ConnectRequest | None:
+        """A request given without a connect message (the query string), if any."""
+        ...
+
+    def parse(self, text: str) -> ConnectRequest:
+        """The connect message's text as a request; raises :class:`InputError`."""
+        ...
+
+    async def open(self, request: ConnectRequest, session: Session) -> TargetConnection:
+        """Admit the request and open its target; sets ``session``'s key and agent."""
+        ...
+
+    def error_text(self, error: SessionError) -> str:
+        """The text frame that tells the client why there is no session."""
+        ...
+
+
+@attrs.frozen
+class GatewayFront:
+    """The gateway's ``/ws``: API key, one token, a session slot, an agent by ``geo``/``agent``."""
+
+    gateway: Gateway
+    query: str = ""
+
+    @property
+    def server(self) -> ServerConfig:
+        """The gateway's ``[server]`` settings."""
+        return self.gateway.config.server
+
+    @property
+    def registry(self) -> SessionRegistry:
+        """The gateway itself."""
+        return self.gateway
+
+    def query_request(self) -> ConnectRequest | None:
+        """The ``/ws?url=…`` form."""
+        return parse_connect_query(self.query)
+
+    def parse(self, text: str) -> ConnectRequest:
+        """A client's connect message."""
+        return parse_connect_message(text)
+
+    async def open(self, request: ConnectRequest, session: Session) -> TargetConnection:
+        """Authenticate, take a token and a slot, then open the target through an agent
+        (another matching agent is tried when one fails on its own account)."""
+        gateway = self.gateway
+        key = gateway.keys.lookup(request.api_key)
+        if key is None:
+            raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
+        session.key_id = key.key_id
+        claim = session.claim = SessionClaim(gateway.slots, session_id=session.id)
+        try:
+            if not await gateway.limiter.acquire(key):
+                gateway.metrics.rate_limited.inc()
+                raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
+            if not await claim.claim(key):
+                raise SessionError(
+                    Outcome.OVER_CAPACITY, "Too many concurrent sessions for this API key"
+                )
+        except LimitsUnavailable:
+            # A shared limits backend that fails closed: come back later (1013).
+            raise SessionError(
+                Outcome.OVER_CAPACITY, "Rate limiter unavailable, try again later"
+            ) from None
+        connection, agent = await gateway.agents.open(request)
+        session.agent, session.node_id = agent.slug, agent.node_id
+        return connection
+
+    def error_text(self, error: SessionError) -> str:
+        """The protocol's ``error`` message."""
+        return error_message(error.message)
 
 
 async def _read_connect_message(client: Hop, max_size: int) -> str | None:
@@ -111,21 +206,19 @@ def _connect_violation(violation: Violation, max_size: int) -> str:
     return f"Protocol error: {violation.reason}"
 
 
-async def _connect_request(gateway: Gateway, client: Hop, query: str) -> ConnectRequest | None:
+async def _connect_request(front: Front, client: Hop) -> ConnectRequest | None:
     """The validated connect request from the query string or the first message."""
-    timeout = gateway.config.server.connect_timeout
+    server = front.server
+    timeout = server.connect_timeout
     try:
-        from_query = parse_connect_query(query)
+        from_query = front.query_request()
         if from_query is not None:
             return from_query
-        text: str | None = None
         with trio.move_on_after(timeout):
-            text = await _read_connect_message(
-                client, gateway.config.server.max_connect_message_size
-            )
+            text = await _read_connect_message(client, server.max_connect_message_size)
             if text is None:
                 return None
-            return parse_connect_message(text)
+            return front.parse(text)
         raise SessionError(
             Outcome.CONNECT_TIMEOUT, f"No connect message within {timeout:g} seconds"
         )
@@ -134,7 +227,7 @@ async def _connect_request(gateway: Gateway, client: Hop, query: str) -> Connect
 
 
 class Session:
-    """One relay session, registered with its gateway from start to end.
+    """One relay session, registered with its front's registry from start to end.
 
     The registration is what ``/metrics`` reads live traffic from and what a
     graceful shutdown closes with 1001.
@@ -147,7 +240,7 @@ class Session:
         "agent",
         "claim",
         "client",
-        "gateway",
+        "front",
         "id",
         "key_id",
         "node_id",
@@ -157,12 +250,12 @@ class Session:
         "target_host",
     )
 
-    def __init__(self, gateway: Gateway, client: Hop) -> None:
+    def __init__(self, front: Front, client: Hop) -> None:
         self.id = secrets.token_hex(6)
-        self.gateway = gateway
-        self.claim = SessionClaim(gateway.slots, session_id=self.id)
+        self.front = front
         self.client = client
         self.target: Hop | None = None
+        self.claim: SessionClaim | None = None
         self.started = time.monotonic()
         self.key_id = self.agent = self.node_id = self.target_host = "-"
         self.outcome = Outcome.CLOSED
@@ -188,46 +281,61 @@ class Session:
 
     def _relaying(self, watch: RelayWatch) -> None:
         self._watch = watch
-        if self.claim.key_id is not None:
+        if self.claim is not None and self.claim.key_id is not None:
             # A held session slot must not expire while the session relays.
             watch.nursery.start_soon(self.claim.keep_alive)
         if self._shutting_down:
             watch.finish(Ending(Outcome.SHUTDOWN))
 
-    async def run(self, query: str) -> None:
+    async def run(self) -> None:
         """Serve the session to its end; nothing but cancellation escapes."""
-        gateway = self.gateway
-        gateway.session_started(self)
+        registry = self.front.registry
+        registry.session_started(self)
         try:
-            await self._run(query)
+            await self._run()
         finally:
             with trio.CancelScope(shield=True):
                 await self.client.aclose()
                 if self.target is not None:
                     await self.target.aclose()
-                await self.claim.release()
+                if self.claim is not None:
+                    await self.claim.release()
             for side, hop in (("client", self.client), ("target", self.target)):
                 if hop is not None and hop.close_sent:
-                    gateway.metrics.close_sent(side, hop.sent_close_code)
-            gateway.session_ended(self)
+                    registry.metrics.close_sent(side, hop.sent_close_code)
+            registry.session_ended(self)
             log.info("session end", extra=self._log_fields())
 
-    async def _run(self, query: str) -> None:
-        gateway = self.gateway
-        config = gateway.config.server
+    async def _run(self) -> None:
+        front = self.front
+        server = front.server
         client = self.client
-        metrics = gateway.metrics
+        metrics = front.registry.metrics
         request: ConnectRequest | None = None
         error: SessionError | None = None
+        idle_handled = False
         try:
             with trio.CancelScope() as self._scope:
-                request = await _connect_request(gateway, client, query)
+                request = await _connect_request(front, client)
                 if request is None:
-                    await self._client_left(config.close_timeout)
+                    await self._client_left(server.close_timeout)
                     return
-                status = await self._open_target(request)
+                self.target_host = request.target.host
+                started = trio.current_time()
+                connection = await front.open(request, self)
+                metrics.dial_seconds.observe(trio.current_time() - started)
+                idle_handled = connection.idle_handled
+                self.target = Hop(
+                    "target",
+                    connection.stream,
+                    is_target=True,
+                    max_message_size=server.max_message_size,
+                    pending=connection.trailing,
+                    sock=connection.sock,
+                )
                 if request.send_connected:
-                    await client.send_frame(TEXT, connected_message(self.node_id, status).encode())
+                    message = connected_message(self.node_id, connection.status)
+                    await client.send_frame(TEXT, message.encode())
         except SessionError as exc:
             error = exc
         except trio.BrokenResourceError:
@@ -240,7 +348,7 @@ class Session:
         if error is not None:
             self.outcome = error.outcome
             metrics.connects.labels(error.outcome.value).inc()
-            await refuse(client, error, config.close_timeout)
+            await refuse(client, error, front.error_text(error), server.close_timeout)
             return
         metrics.connects.labels("connected").inc()
         target = self.target
@@ -249,56 +357,21 @@ class Session:
         ending = await relay_frames(
             client,
             target,
-            idle_timeout=request.idle_timeout,
-            close_timeout=config.close_timeout,
+            # Where the far end (a remote agent) keeps the idle deadline, one clock is enough.
+            idle_timeout=0.0 if idle_handled else request.idle_timeout,
+            close_timeout=server.close_timeout,
             on_start=self._relaying,
         )
         self.outcome = Outcome.CLOSED if ending is None else ending.outcome
-        await end_relay(client, target, ending, config.close_timeout)
+        await end_relay(client, target, ending, server.close_timeout)
 
     async def _client_left(self, grace: float) -> None:
         client = self.client
         closed = client.close_received
         self.outcome = Outcome.CLOSED if closed is not None else Outcome.CLIENT_LOST
-        self.gateway.metrics.connects.labels(self.outcome.value).inc()
+        self.front.registry.metrics.connects.labels(self.outcome.value).inc()
         code = echo_code(closed.code) if closed is not None else None
         await close_hop(client, code, "", closed is not None, grace)
-
-    async def _open_target(self, request: ConnectRequest) -> int:
-        """Authenticate, take a token, pick an agent and open the target."""
-        gateway = self.gateway
-        self.target_host = request.target.host
-        key = gateway.keys.lookup(request.api_key)
-        if key is None:
-            raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
-        self.key_id = key.key_id
-        try:
-            if not await gateway.limiter.acquire(key):
-                gateway.metrics.rate_limited.inc()
-                raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
-            if not await self.claim.claim(key):
-                raise SessionError(
-                    Outcome.OVER_CAPACITY, "Too many concurrent sessions for this API key"
-                )
-        except LimitsUnavailable:
-            # A shared limits backend that fails closed: come back later (1013).
-            raise SessionError(
-                Outcome.OVER_CAPACITY, "Rate limiter unavailable, try again later"
-            ) from None
-        agent = gateway.agents.choose(request)
-        self.agent, self.node_id = agent.slug, agent.node_id
-        dial_started = trio.current_time()
-        connection = await agent.open(request)
-        gateway.metrics.dial_seconds.observe(trio.current_time() - dial_started)
-        self.target = Hop(
-            "target",
-            connection.stream,
-            is_target=True,
-            max_message_size=gateway.config.server.max_message_size,
-            pending=connection.trailing,
-            sock=connection.sock,
-        )
-        return connection.status
 
     def _log_fields(self) -> dict[str, Any]:
         client, target = self.client, self.target
@@ -319,6 +392,26 @@ class Session:
         )
 
 
+async def serve_session(
+    front: Front,
+    stream: trio.abc.Stream,
+    *,
+    pending: bytes,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve one client of ``front`` whose WebSocket handshake has completed on
+    ``stream`` (``sock``: its socket, when it is plain TCP)."""
+    client = Hop(
+        "client",
+        stream,
+        is_target=False,
+        max_message_size=front.server.max_message_size,
+        pending=pending,
+        sock=sock,
+    )
+    await Session(front, client).run()
+
+
 async def run_session(
     gateway: Gateway,
     stream: trio.abc.Stream,
@@ -327,14 +420,5 @@ async def run_session(
     pending: bytes,
     sock: socket.socket | None = None,
 ) -> None:
-    """Serve one client whose WebSocket handshake has completed on ``stream``
-    (``sock``: its socket, when it is plain TCP)."""
-    client = Hop(
-        "client",
-        stream,
-        is_target=False,
-        max_message_size=gateway.config.server.max_message_size,
-        pending=pending,
-        sock=sock,
-    )
-    await Session(gateway, client).run(query)
+    """Serve one ``/ws`` client whose WebSocket handshake has completed on ``stream``."""
+    await serve_session(GatewayFront(gateway, query), stream, pending=pending, sock=sock)

@@ -118,7 +118,13 @@ async def test_healthz_and_unknown_paths(gateway: Running) -> None:
     body = health.json()
     assert body["status"] == "ok"
     assert body["agents"] == [
-        {"slug": "local", "country": None, "node_id": "relay-local", "healthy": True}
+        {
+            "slug": "local",
+            "country": None,
+            "node_id": "relay-local",
+            "kind": "direct",
+            "healthy": True,
+        }
     ]
     assert missing.status_code == 404
     assert plain_ws.status_code == 426

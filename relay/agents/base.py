@@ -1,16 +1,24 @@
-"""The agent interface and selection by ``agent`` pins and ``geo``."""
+"""The agent interface, selection by ``agent`` pins and ``geo``, and retrying
+another agent when the chosen one fails for a reason of its own."""
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from relay.closecodes import Outcome, SessionError
 from relay.dial import TargetConnection
-from relay.protocol import ConnectRequest
+from relay.protocol import ConnectRequest, parse_target_url
 
-__all__ = ["Agent", "AgentPool"]
+__all__ = ["MAX_ATTEMPTS", "Agent", "AgentPool", "plain_request"]
+
+log = logging.getLogger("relay.agents")
+
+# Agents tried for one request before giving up: a dead agent costs a client
+# at most this many dial attempts, not a refusal.
+MAX_ATTEMPTS = 3
 
 
 class Agent(Protocol):
@@ -75,3 +83,56 @@ class AgentPool:
         if not found:
             raise SessionError(Outcome.NO_AGENT, "No agent available")
         return found[0]
+
+    async def open(
+        self, request: ConnectRequest, *, attempts: int = MAX_ATTEMPTS
+    ) -> tuple[TargetConnection, Agent]:
+        """Open the target through a matching agent; the connection and that agent.
+
+        An agent that fails for a reason of its own (``AGENT_FAILED``: proxy
+        down, link refused) is asked to re-check its health and another
+        matching agent is tried, up to ``attempts`` in all.  A target-level
+        failure (refused, HTTP 403, not allowed) is the answer as it is.
+        """
+        tried: list[str] = []
+        last: SessionError | None = None
+        while len(tried) < attempts:
+            found = [agent for agent in self.candidates(request) if agent.slug not in tried]
+            if not found:
+                break
+            agent = found[0]
+            try:
+                return await agent.open(request), agent
+            except SessionError as error:
+                if error.outcome is not Outcome.AGENT_FAILED:
+                    raise
+                log.warning("agent %s failed to dial: %s", agent.slug, error.message)
+                tried.append(agent.slug)
+                last = error
+                health = getattr(agent, "health", None)
+                if health is not None:
+                    health.suspect()
+        if last is None:
+            raise SessionError(Outcome.NO_AGENT, "No agent available")
+        if len(tried) == 1:
+            raise last
+        raise SessionError(
+            Outcome.NO_AGENT,
+            f"No agent available: {', '.join(tried)} failed; last: {last.message}",
+        )
+
+
+def plain_request(url: str, headers: Sequence[tuple[str, str]] = ()) -> ConnectRequest:
+    """A request the gateway makes itself (agent links, health probes): no key, no pins."""
+    target = parse_target_url(url)
+    if target is None:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    return ConnectRequest(
+        api_key=None,
+        target=target,
+        url=url,
+        headers=tuple(headers),
+        geo=frozenset(),
+        agents=(),
+        idle_timeout=0.0,
+    )

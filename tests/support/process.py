@@ -1,4 +1,4 @@
-"""Running ``relay serve`` as a real process for tests."""
+"""Running ``relay serve`` and ``relay agent`` as real processes for tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -15,6 +15,9 @@ import attrs
 import trio
 
 _URL = re.compile(r"relay listening on (ws://\S+/ws)")
+_AGENT_URL = re.compile(r"listening on (wss?://\S+/agent)")
+# The last line of each command's banner (printed in one write).
+_READY = {"serve": "agents: ", "agent": "egress: "}
 _KEY = re.compile(r"development API key \(generated for this run\): (\S+)")
 
 
@@ -42,15 +45,23 @@ class RelayProcess:
 
 @asynccontextmanager
 async def relay_process(
-    args: Sequence[str], *, start_within: float = 30
+    args: Sequence[str],
+    *,
+    command: str = "serve",
+    start_within: float = 30,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RelayProcess]:
-    """Start ``python -m relay.cli serve ARGS`` and wait for its banner."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    """Start ``python -m relay.cli COMMAND ARGS`` and wait for its banner.
+
+    ``ws_url`` is the gateway's ``/ws`` (serve) or the agent's ``/agent`` (agent).
+    """
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    ready = _READY[command]
     async with trio.open_nursery() as nursery:
-        command = [sys.executable, "-m", "relay.cli", "serve", *args]
+        argv = [sys.executable, "-m", "relay.cli", command, *args]
         run = partial(
             trio.run_process,
-            command,
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,
@@ -59,19 +70,19 @@ async def relay_process(
         process: trio.Process = await nursery.start(run)
         assert process.stdout is not None
         output = ""
-        # The banner is printed in one write that contains "agents:".
         with trio.fail_after(start_within):
-            while "agents: " not in output:
+            while ready not in output:
                 chunk = await process.stdout.receive_some()
                 if not chunk:
                     raise RuntimeError(f"relay exited before its banner:\n{output}")
                 output += chunk.decode()
-        url = _URL.search(output)
+        url = (_URL if command == "serve" else _AGENT_URL).search(output)
         key = _KEY.search(output)
         assert url is not None
-        nursery.start_soon(_drain, process.stdout)
+        relay = RelayProcess(process, url.group(1), key.group(1) if key else None, output)
+        nursery.start_soon(_drain, process.stdout, relay)
         try:
-            yield RelayProcess(process, url.group(1), key.group(1) if key else None, output)
+            yield relay
         finally:
             if process.returncode is None:
                 # Twice: the first starts a graceful drain, the second ends it.
@@ -83,7 +94,7 @@ async def relay_process(
                     process.kill()
 
 
-async def _drain(stream: trio.abc.ReceiveStream) -> None:
-    """Keep reading the relay's output so it never blocks on a full pipe."""
-    while await stream.receive_some():
-        pass
+async def _drain(stream: trio.abc.ReceiveStream, relay: RelayProcess) -> None:
+    """Keep reading the relay's output (into ``relay.output``) so it never blocks on a pipe."""
+    while chunk := await stream.receive_some():
+        relay.output += chunk.decode(errors="replace")

@@ -26,6 +26,7 @@ path                           behaviour
 from __future__ import annotations
 
 import json
+import ssl
 import struct
 from urllib.parse import parse_qsl, urlsplit
 
@@ -64,17 +65,23 @@ class TargetConnection:
 
 
 class TargetServer:
-    """Serves the scripted behaviours; ``connections`` records every accepted one."""
+    """Serves the scripted behaviours; ``connections`` records every accepted one.
 
-    def __init__(self) -> None:
+    With ``ssl_context`` it serves ``wss://`` (the TLS layer is peeled off per
+    connection, so ``peer`` is still recorded).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.connections: list[TargetConnection] = []
         self.port = 0
         self.new_connection = trio.Event()
+        self.ssl_context = ssl_context
 
     @property
     def url(self) -> str:
-        """Base ``ws://`` URL of the TCP listener."""
-        return f"ws://127.0.0.1:{self.port}"
+        """Base ``ws://`` (or ``wss://``) URL of the TCP listener."""
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     async def serve(
         self, *, task_status: trio.TaskStatus[TargetServer] = trio.TASK_STATUS_IGNORED
@@ -83,7 +90,19 @@ class TargetServer:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started(self)
-        await trio.serve_listeners(self.handle, listeners)
+        await trio.serve_listeners(self._accepted, listeners)
+
+    async def _accepted(self, stream: trio.SocketStream) -> None:
+        if self.ssl_context is None:
+            await self.handle(stream)
+            return
+        tls = trio.SSLStream(stream, self.ssl_context, server_side=True)
+        try:
+            await tls.do_handshake()
+        except trio.BrokenResourceError:
+            await trio.aclose_forcefully(stream)
+            return
+        await self.handle(tls)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection (a socket or an in-memory stream)."""
@@ -105,7 +124,8 @@ class TargetServer:
         for name, value in request.extra_headers:
             headers[bytes(name).decode().lower()] = bytes(value).decode()
         record = TargetConnection(parts.path, query, headers)
-        sock = getattr(stream, "socket", None)
+        raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        sock = getattr(raw, "socket", None)
         if sock is not None:
             record.peer = sock.getpeername()[0]
         if parts.path == "/reject":

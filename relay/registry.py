@@ -1,0 +1,113 @@
+"""Bookkeeping of live sessions, shared by a gateway and an agent node.
+
+A session registers here for its whole life: ``/metrics`` reads live traffic
+from the registered sessions, and a graceful shutdown closes them with 1001.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+import trio
+
+from relay.closecodes import Outcome
+from relay.metrics import Metrics
+
+__all__ = ["LiveSession", "SessionRegistry", "Stats"]
+
+
+@attrs.define
+class Stats:
+    """Counters since start-up (exported by ``/healthz``)."""
+
+    sessions_started: int = 0
+    sessions_active: int = 0
+    outcomes: dict[str, int] = attrs.Factory(dict)
+
+    def ended(self, outcome: str) -> None:
+        """Count a finished session."""
+        self.sessions_active -= 1
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+
+class LiveSession(Protocol):
+    """What the gateway needs of a running session (relay.session.Session)."""
+
+    def traffic(self) -> tuple[int, int, int, int]:
+        """Bytes and frames relayed so far."""
+        ...
+
+    def shutdown(self) -> None:
+        """End it with 1001."""
+        ...
+
+    @property
+    def outcome(self) -> Outcome:
+        """How it ended (valid once it has)."""
+        ...
+
+
+@attrs.define(kw_only=True)
+class SessionRegistry:
+    """Live sessions, counters and the drain of one process."""
+
+    stats: Stats = attrs.Factory(Stats)
+    sessions: set[LiveSession] = attrs.Factory(set)
+    metrics: Metrics = attrs.field(init=False)
+    # Set by request_shutdown(); serve() then drains and stops.
+    shutdown_requested: trio.Event = attrs.Factory(trio.Event)
+    draining: bool = False
+    _idle: trio.Event = attrs.Factory(trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        self.metrics = Metrics(
+            live_sessions=lambda: self.sessions,
+            agent_health=self.agent_health,
+            draining=lambda: self.draining,
+            backend_errors=self.backend_errors,
+        )
+        self._idle.set()
+
+    def agent_health(self) -> list[tuple[str, str, bool]]:
+        """Slug, kind and health of each agent (none here), for /metrics."""
+        return []
+
+    def backend_errors(self) -> int:
+        """Failed calls to a shared limits backend (none here), for /metrics."""
+        return 0
+
+    def session_started(self, session: LiveSession) -> None:
+        """Register a session."""
+        self.sessions.add(session)
+        self.stats.sessions_started += 1
+        self.stats.sessions_active += 1
+        self._idle = trio.Event()
+
+    def session_ended(self, session: LiveSession) -> None:
+        """Unregister a session and fold its traffic into the totals."""
+        self.sessions.discard(session)
+        self.stats.ended(session.outcome.value)
+        self.metrics.session_finished(session.traffic())
+        self.metrics.sessions.labels(session.outcome.value).inc()
+        if not self.sessions:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no session is open."""
+        await self._idle.wait()
+
+    def request_shutdown(self) -> None:
+        """Ask :func:`relay.serve` to stop accepting, drain, and return."""
+        self.shutdown_requested.set()
+
+    async def drain(self, period: float, grace: float) -> None:
+        """Wait up to ``period`` for sessions to end, then close the rest with
+        1001 and give them ``grace`` seconds to finish their closes."""
+        self.draining = True
+        with trio.move_on_after(period):
+            await self.wait_idle()
+        for session in list(self.sessions):
+            session.shutdown()
+        with trio.move_on_after(grace):
+            await self.wait_idle()
