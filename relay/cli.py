@@ -74,10 +74,8 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", default="text", choices=["text", "json"], help="log line format"
     )
     add_agent_parser(commands, _bind)
-    bench_cmd = commands.add_parser(
-        "bench", help="benchmark the relay (see bench/)", add_help=False
-    )
-    bench_cmd.add_argument("args", nargs=argparse.REMAINDER)
+    # Parsed by bench.cli itself; listed here for `relay --help`.
+    commands.add_parser("bench", help="benchmark and load-test the relay (relay bench --help)")
     return parser
 
 
@@ -162,11 +160,14 @@ async def _serve_workers(config: Config, generated: Generated, args: argparse.Na
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relay`` console script."""
-    args = _parser().parse_args(argv)
-    if args.command == "bench":
-        # bench/ is optional at run time (its extra installs rich, matplotlib, …).
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Handed over before parsing: bench has its own options (argparse's
+        # REMAINDER would not take a leading --option).  bench/ needs the
+        # `bench` extra (rich, matplotlib, hdrhistogram, …).
         bench_cli = importlib.import_module("bench.cli")
-        return int(bench_cli.main(list(args.args)))
+        return int(bench_cli.main(argv[1:]))
+    args = _parser().parse_args(argv)
     configure_logging(args.log_level, getattr(args, "log_format", "text"))
     if args.log_level != "debug":
         # Its retries and dropped connections are reported once, by relay.limits.
