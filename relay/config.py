@@ -10,13 +10,15 @@ import hashlib
 import re
 import secrets
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 from cattrs.gen import make_dict_structure_fn
 
-from relay.converter import InputError, check, converter, structure
+from relay.converter import FieldError, InputError, check, converter, structure
+from relay.targets import Rules, TargetPolicy, parse_port_range, parse_rule
 
 __all__ = [
     "AgentConfig",
@@ -91,12 +93,47 @@ class ServerConfig:
         return parse_bind(self.bind)[1]
 
 
+def _each(parse: Callable[[Any], object]) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator running ``parse`` on every entry; its ValueError names the entry."""
+
+    def validator(_instance: Any, attribute: Any, values: Any) -> None:
+        for value in values:
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise FieldError(attribute.name, str(exc)) from None
+
+    return validator
+
+
+def _allow_only_needs_allow(instance: Any, attribute: Any, value: bool) -> None:
+    if value and not instance.allow:
+        raise FieldError(attribute.name, "needs at least one allow entry")
+
+
 @attrs.frozen
 class TargetsConfig:
-    """The ``[targets]`` table: which target addresses may be dialed."""
+    """The ``[targets]`` table: which targets may be dialed (see :mod:`relay.targets`)."""
 
     allow_private: bool = False
+    # CIDRs and host patterns ("10.1.0.0/16", "*.internal.example"): always refused.
+    deny: tuple[str, ...] = attrs.field(default=(), validator=_each(parse_rule))
+    # CIDRs and host patterns dialable even when private (or, with allow_only, the only ones).
+    allow: tuple[str, ...] = attrs.field(default=(), validator=_each(parse_rule))
+    allow_only: bool = attrs.field(default=False, validator=_allow_only_needs_allow)
+    # Allowed target ports: 443, "8000-8999"; empty means any port.
+    ports: tuple[int | str, ...] = attrs.field(default=(), validator=_each(parse_port_range))
     ca_file: str | None = None  # extra CA bundle trusted for wss:// targets
+
+    def policy(self) -> TargetPolicy:
+        """The :class:`~relay.targets.TargetPolicy` this table describes."""
+        return TargetPolicy(
+            allow_private=self.allow_private,
+            allow=Rules.parse(self.allow),
+            deny=Rules.parse(self.deny),
+            allow_only=self.allow_only,
+            ports=tuple(parse_port_range(port) for port in self.ports),
+        )
 
 
 def _one_key(instance: Any, _attribute: Any, _value: Any) -> None:

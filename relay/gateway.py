@@ -13,7 +13,7 @@ from relay.auth import KeyStore
 from relay.config import Config
 from relay.dial import DialSettings
 from relay.ratelimit import MemoryRateLimiter, RateLimiter
-from relay.targets import Resolver, TargetPolicy, system_resolver
+from relay.targets import Resolver, system_resolver
 
 __all__ = ["Gateway", "Stats", "configured_agents", "dial_settings"]
 
@@ -73,7 +73,7 @@ def dial_settings(config: Config, resolver: Resolver = system_resolver) -> DialS
     if config.targets.ca_file:
         context.load_verify_locations(config.targets.ca_file)
     return DialSettings(
-        policy=TargetPolicy(allow_private=config.targets.allow_private),
+        policy=config.targets.policy(),
         timeout=config.server.dial_timeout,
         ssl_context=context,
         resolver=resolver,
