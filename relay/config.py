@@ -18,6 +18,7 @@ import attrs
 from cattrs.gen import make_dict_structure_fn
 
 from relay.converter import FieldError, InputError, check, converter, structure
+from relay.protocol import MAX_URL_LENGTH, ConnectLimits
 from relay.targets import Rules, TargetPolicy, parse_port_range, parse_rule
 
 __all__ = [
@@ -81,6 +82,29 @@ class ServerConfig:
     max_request_head: int = attrs.field(
         default=16 * 1024, validator=check(lambda v: v >= 1024, "must be >= 1024")
     )
+    # Bounds on the connect request (docs: README "Security").
+    max_url_length: int = attrs.field(
+        default=MAX_URL_LENGTH, validator=check(lambda v: 16 <= v <= 65536, "must be 16..65536")
+    )
+    max_headers: int = attrs.field(
+        default=32, validator=check(lambda v: 0 <= v <= 1000, "must be 0..1000")
+    )
+    max_header_size: int = attrs.field(
+        default=8192, validator=check(lambda v: 64 <= v <= 65536, "must be 64..65536")
+    )
+    # Relay sessions at once (from the WebSocket handshake on); over it: 1013.
+    max_sessions: int = attrs.field(
+        default=10000, validator=check(lambda v: v >= 1, "must be >= 1")
+    )
+    # Connections still sending their request head; beyond it new ones are closed at once.
+    max_handshakes: int = attrs.field(
+        default=2048, validator=check(lambda v: v >= 1, "must be >= 1")
+    )
+
+    @property
+    def connect_limits(self) -> ConnectLimits:
+        """The bounds connect requests are parsed with."""
+        return ConnectLimits(self.max_url_length, self.max_headers, self.max_header_size)
 
     @property
     def host(self) -> str:
@@ -161,6 +185,10 @@ class KeyConfig:
     rate: float = attrs.field(default=1.0, validator=check(lambda v: v >= 0, "must be >= 0"))
     burst: int = attrs.field(default=10, validator=check(lambda v: v >= 1, "must be >= 1"))
     name: str | None = None  # shown in logs instead of the key
+    # Concurrent sessions this key may hold; None: only [server] max_sessions applies.
+    max_sessions: int | None = attrs.field(
+        default=None, validator=check(lambda v: v is None or v >= 1, "must be >= 1")
+    )
 
     @property
     def digest(self) -> bytes:

@@ -12,6 +12,7 @@ import time
 
 import trio
 
+from relay.capacity import Claim
 from relay.closecodes import (
     Outcome,
     SessionError,
@@ -115,8 +116,9 @@ def _connect_violation(violation: Violation, max_size: int) -> str:
 async def _connect_request(gateway: Gateway, client: Hop, query: str) -> ConnectRequest | None:
     """The validated connect request from the query string or the first message."""
     timeout = gateway.config.server.connect_timeout
+    limits = gateway.config.server.connect_limits
     try:
-        from_query = parse_connect_query(query)
+        from_query = parse_connect_query(query, limits)
         if from_query is not None:
             return from_query
         text: str | None = None
@@ -126,7 +128,7 @@ async def _connect_request(gateway: Gateway, client: Hop, query: str) -> Connect
             )
             if text is None:
                 return None
-            return parse_connect_message(text)
+            return parse_connect_message(text, limits)
         raise SessionError(
             Outcome.CONNECT_TIMEOUT, f"No connect message within {timeout:g} seconds"
         )
@@ -134,13 +136,24 @@ async def _connect_request(gateway: Gateway, client: Hop, query: str) -> Connect
         raise SessionError(Outcome.BAD_REQUEST, str(exc)) from None
 
 
-async def _open_target(gateway: Gateway, request: ConnectRequest) -> tuple[Hop, str, int]:
-    """Authenticate, take a token, pick an agent and open the target."""
+def _take_session_slot(claim: Claim) -> None:
+    if not claim.session():
+        raise SessionError(Outcome.OVER_CAPACITY, "Server at capacity, try again later")
+
+
+async def _open_target(
+    gateway: Gateway, request: ConnectRequest, claim: Claim
+) -> tuple[Hop, str, int]:
+    """Authenticate, take a token and the key's session slot, pick an agent, open the target."""
     key = gateway.keys.lookup(request.api_key)
     if key is None:
         raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
     if not await gateway.limiter.acquire(key):
         raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
+    if not claim.key(key):
+        raise SessionError(
+            Outcome.KEY_SESSION_LIMIT, "Too many concurrent sessions for this API key"
+        )
     agent = gateway.agents.choose(request)
     connection = await agent.open(request)
     target = Hop(
@@ -240,8 +253,10 @@ async def run_session(
     outcome = Outcome.CLOSED
     node_id = "-"
     target: Hop | None = None
+    claim = gateway.capacity.claim()
     try:
         try:
+            _take_session_slot(claim)
             request = await _connect_request(gateway, client, query)
             if request is None:
                 outcome = Outcome.CLIENT_LOST if client.close_received is None else Outcome.CLOSED
@@ -254,7 +269,7 @@ async def run_session(
                     config.close_timeout,
                 )
                 return
-            target, node_id, status = await _open_target(gateway, request)
+            target, node_id, status = await _open_target(gateway, request, claim)
             if request.send_connected:
                 await client.send_frame(TEXT, connected_message(node_id, status).encode())
         except SessionError as error:
@@ -277,6 +292,7 @@ async def run_session(
             await client.aclose()
             if target is not None:
                 await target.aclose()
+        claim.release()
         stats.ended(outcome.value)
         log.info(
             "session end outcome=%s node=%s duration=%.3fs "
