@@ -10,6 +10,7 @@ import attrs
 
 from relay.agents import Agent, AgentPool, DirectAgent
 from relay.auth import KeyStore
+from relay.capacity import Capacity
 from relay.config import Config
 from relay.dial import DialSettings
 from relay.ratelimit import MemoryRateLimiter, RateLimiter
@@ -42,6 +43,12 @@ class Gateway:
     agents: AgentPool
     dial: DialSettings
     stats: Stats = attrs.Factory(Stats)
+    capacity: Capacity = attrs.field()
+
+    @capacity.default
+    def _capacity(self) -> Capacity:
+        server = self.config.server
+        return Capacity(max_handshakes=server.max_handshakes, max_sessions=server.max_sessions)
 
     @classmethod
     def from_config(

@@ -80,11 +80,22 @@ async def _route(gateway: Gateway, http: AsgiServer, stream: trio.abc.Stream) ->
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_request_head)
     request: h11.Request | None = None
     raw = b""
-    with trio.move_on_after(config.handshake_timeout):
-        request, raw = await _read_head(stream, conn)
+    capacity = gateway.capacity
+    if not capacity.enter_handshake():
+        log.debug("too many connections in their handshake: closing a new one")
+        return  # closed at once, before a byte is read
+    try:
+        with trio.move_on_after(config.handshake_timeout):
+            request, raw = await _read_head(stream, conn)
+    finally:
+        capacity.leave_handshake()
     if request is None:
         if raw:
             await _send_quietly(stream, server_reject(conn, 400, "Bad request"))
+        return
+    # h11 bounds a head still incomplete; one that arrived whole in a single read is measured here.
+    if len(raw) - len(conn.trailing_data[0]) > config.max_request_head:
+        await _send_quietly(stream, server_reject(conn, 431, "Request header fields too large"))
         return
     path, _, query = request.target.decode("latin-1").partition("?")
     if path != RELAY_PATH:
