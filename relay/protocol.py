@@ -121,20 +121,24 @@ class ConnectMessage:
             "spaces or control characters",
         ),
         metadata=_doc("Target WebSocket URL (wss://... or ws://...)"),
+        repr=False,
     )
     api_key: str | None = attrs.field(
         default=None,
         metadata=_doc("API key for authentication. key is also accepted.", required=True),
+        repr=False,
     )
-    key: str | None = None
+    key: str | None = attrs.field(default=None, repr=False)
     headers: dict[str, str] = attrs.field(
         factory=dict,
         validator=_check_headers,
+        repr=False,
         metadata=_doc("Custom headers sent with the WS upgrade request to the target."),
     )
     cookies: dict[str, str] = attrs.field(
         factory=dict,
         validator=_check_cookies,
+        repr=False,
         metadata=_doc("Cookies sent with the WS upgrade request, merged into one Cookie header."),
     )
     geo: str | None = attrs.field(
@@ -167,7 +171,8 @@ class TargetURL:
     secure: bool
     host: str
     port: int
-    resource: str  # path and query, as sent in the request line
+    # Path and query, as sent in the request line; a query may carry a token: no repr.
+    resource: str = attrs.field(repr=False)
 
     @property
     def host_header(self) -> str:
@@ -234,10 +239,11 @@ class ConnectLimits:
 class ConnectRequest:
     """A validated connect request, ready for authentication and dialing."""
 
-    api_key: str | None
+    # Secrets (the key, header and cookie values, tokens in the URL) stay out of reprs.
+    api_key: str | None = attrs.field(repr=False)
     target: TargetURL
-    url: str
-    headers: tuple[tuple[str, str], ...]
+    url: str = attrs.field(repr=False)
+    headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)
     geo: frozenset[str]
     agents: tuple[str, ...]
     idle_timeout: float
