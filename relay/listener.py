@@ -60,6 +60,17 @@ async def _read_head(
             return None, bytes(raw)
 
 
+def _unsupported(request: h11.Request) -> tuple[int, str] | None:
+    """Requests that would turn a connection into a long-lived HTTP/2 one behind the
+    router's back (prior knowledge, or an h2c upgrade): the gateway speaks HTTP/1.1."""
+    if request.http_version not in (b"1.0", b"1.1"):
+        return 505, "HTTP version not supported"
+    for name, value in request.headers:
+        if name == b"upgrade" and b"h2c" in value.lower():
+            return 400, "h2c upgrades are not supported"
+    return None
+
+
 async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_all(data)
@@ -96,6 +107,10 @@ async def _route(gateway: Gateway, http: AsgiServer, stream: trio.abc.Stream) ->
     # h11 bounds a head still incomplete; one that arrived whole in a single read is measured here.
     if len(raw) - len(conn.trailing_data[0]) > config.max_request_head:
         await _send_quietly(stream, server_reject(conn, 431, "Request header fields too large"))
+        return
+    refused = _unsupported(request)
+    if refused is not None:
+        await _send_quietly(stream, server_reject(conn, *refused))
         return
     path, _, query = request.target.decode("latin-1").partition("?")
     if path != RELAY_PATH:

@@ -282,3 +282,22 @@ async def test_over_capacity_refusal_does_not_wait_for_the_client(
     assert closed.value.reason.code == 1013
     assert trio.current_time() == start
     await first.aclose()
+
+
+async def test_http2_is_refused_so_no_connection_outlives_the_router(gateway: Running) -> None:
+    """Hypercorn would take an HTTP/2 preface or an h2c upgrade and keep the connection
+    open, out of reach of the handshake deadline: the router answers them itself."""
+    for request, status in (
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"505"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            b"400",
+        ),
+    ):
+        stream = await trio.open_tcp_stream("127.0.0.1", gateway.address.port)
+        await stream.send_all(request)
+        answer = b""
+        while chunk := await stream.receive_some():
+            answer += chunk
+        assert answer.split(b" ")[1] == status
+        await stream.aclose()
