@@ -32,12 +32,20 @@ async def test_messages_relay_byte_exact_in_order(target: TargetServer, gateway:
     async with open_relay(gateway.ws_url, api_key=KEY, url=f"{target.url}/echo") as relayed:
         assert relayed.node_id == "relay-local"
         assert relayed.status == 101
-        for message in MESSAGES:
-            await relayed.websocket.send_message(message)
-        for message in MESSAGES:
-            echoed = await relayed.websocket.get_message()
-            assert type(echoed) is type(message)
-            assert echoed == message
+
+        async def send_all() -> None:
+            for message in MESSAGES:
+                await relayed.websocket.send_message(message)
+
+        # Read while sending: trio-websocket's client stops reading its socket with one
+        # message queued, and ~3 MiB of echoes need not fit in the socket buffers on
+        # the way, so sending everything first can deadlock (it did, now and then).
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_all)
+            for message in MESSAGES:
+                echoed = await relayed.websocket.get_message()
+                assert type(echoed) is type(message)
+                assert echoed == message
     assert target.connections[0].messages == MESSAGES
 
 
