@@ -316,3 +316,24 @@ async def test_the_checked_address_is_the_one_dialed(
     _, code, _ = await refusal(running.ws_url, connect_json(f"ws://rebind2.test:{target.port}/"))
     assert code == 1008
     assert dns.asked == ["rebind2.test"]
+
+
+def test_the_readme_security_example_is_a_valid_configuration() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from relay.config import config_from_dict
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Security\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    policy = config_from_dict(tomllib.loads(block)).targets.policy()
+    assert policy.refusal("169.254.169.254") == "denied"
+    assert policy.refusal("10.20.1.1") is None
+    assert policy.refusal("10.21.1.1") == "private"
+    assert policy.address_refusal("ws.lab.example", "192.168.1.1") is None
+    assert (
+        policy.target_refusal("example.com", 80)
+        == "Target address not allowed: port 80 is not allowed"
+    )
