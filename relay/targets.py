@@ -219,9 +219,10 @@ def _article(word: str) -> str:
 class TargetPolicy:
     """The ``[targets]`` rules; see the module docstring for their order.
 
-    Refusal texts are complete client messages (``Target address not allowed:
-    …``). For a name, they say what kind of address it resolved to but not
-    the address, so the relay cannot be used to map private DNS.
+    :meth:`target_refusal` and :meth:`address_refusal` return complete client
+    messages (``Target address not allowed: …``); for a name they say what
+    kind of address it resolved to but not the address, so the relay cannot
+    be used to map private DNS.  :meth:`refusal` gives the bare reason.
     """
 
     allow_private: bool = False
