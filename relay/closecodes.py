@@ -48,6 +48,7 @@ class Outcome(enum.Enum):
     CONNECT_TOO_BIG = "connect_too_big"
     TARGET_NOT_ALLOWED = "target_not_allowed"
     OVER_CAPACITY = "over_capacity"
+    KEY_SESSION_LIMIT = "key_session_limit"
     NO_AGENT = "no_agent"
     TARGET_FAILED = "target_failed"
     AGENT_FAILED = "agent_failed"
@@ -69,6 +70,7 @@ _CLIENT_CODE: dict[Outcome, int] = {
     Outcome.CONNECT_TOO_BIG: MESSAGE_TOO_BIG,
     Outcome.TARGET_NOT_ALLOWED: POLICY_VIOLATION,
     Outcome.OVER_CAPACITY: TRY_AGAIN_LATER,
+    Outcome.KEY_SESSION_LIMIT: POLICY_VIOLATION,
     Outcome.NO_AGENT: INTERNAL_ERROR,
     Outcome.TARGET_FAILED: INTERNAL_ERROR,
     Outcome.AGENT_FAILED: INTERNAL_ERROR,

@@ -11,6 +11,7 @@ import ipaddress
 import re
 import secrets
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +21,8 @@ from cattrs.gen import make_dict_structure_fn
 
 from parser_api.config import ParserConfig
 from relay.converter import FieldError, InputError, check, converter, structure
-from relay.protocol import parse_target_url
+from relay.protocol import MAX_URL_LENGTH, ConnectLimits, parse_target_url
+from relay.targets import Rules, TargetPolicy, parse_port_range, parse_rule
 
 __all__ = [
     "AgentConfig",
@@ -93,6 +95,29 @@ class ServerConfig:
     )
     certfile: str | None = None  # PEM certificate (chain): serve wss:// and https://
     keyfile: str | None = None  # its private key, if not in certfile
+    # Bounds on the connect request (docs: README "Security").
+    max_url_length: int = attrs.field(
+        default=MAX_URL_LENGTH, validator=check(lambda v: 16 <= v <= 65536, "must be 16..65536")
+    )
+    max_headers: int = attrs.field(
+        default=32, validator=check(lambda v: 0 <= v <= 1000, "must be 0..1000")
+    )
+    max_header_size: int = attrs.field(
+        default=8192, validator=check(lambda v: 64 <= v <= 65536, "must be 64..65536")
+    )
+    # Relay sessions at once (from the WebSocket handshake on); over it: 1013.
+    max_sessions: int = attrs.field(
+        default=10000, validator=check(lambda v: v >= 1, "must be >= 1")
+    )
+    # Connections still sending their request head; beyond it new ones are closed at once.
+    max_handshakes: int = attrs.field(
+        default=2048, validator=check(lambda v: v >= 1, "must be >= 1")
+    )
+
+    @property
+    def connect_limits(self) -> ConnectLimits:
+        """The bounds connect requests are parsed with."""
+        return ConnectLimits(self.max_url_length, self.max_headers, self.max_header_size)
 
     @property
     def host(self) -> str:
@@ -105,12 +130,47 @@ class ServerConfig:
         return parse_bind(self.bind)[1]
 
 
+def _each(parse: Callable[[Any], object]) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator running ``parse`` on every entry; its ValueError names the entry."""
+
+    def validator(_instance: Any, attribute: Any, values: Any) -> None:
+        for value in values:
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise FieldError(attribute.name, str(exc)) from None
+
+    return validator
+
+
+def _allow_only_needs_allow(instance: Any, attribute: Any, value: bool) -> None:
+    if value and not instance.allow:
+        raise FieldError(attribute.name, "needs at least one allow entry")
+
+
 @attrs.frozen
 class TargetsConfig:
-    """The ``[targets]`` table: which target addresses may be dialed."""
+    """The ``[targets]`` table: which targets may be dialed (see :mod:`relay.targets`)."""
 
     allow_private: bool = False
+    # CIDRs and host patterns ("10.1.0.0/16", "*.internal.example"): always refused.
+    deny: tuple[str, ...] = attrs.field(default=(), validator=_each(parse_rule))
+    # CIDRs and host patterns dialable even when private (or, with allow_only, the only ones).
+    allow: tuple[str, ...] = attrs.field(default=(), validator=_each(parse_rule))
+    allow_only: bool = attrs.field(default=False, validator=_allow_only_needs_allow)
+    # Allowed target ports: 443, "8000-8999"; empty means any port.
+    ports: tuple[int | str, ...] = attrs.field(default=(), validator=_each(parse_port_range))
     ca_file: str | None = None  # extra CA bundle trusted for wss:// targets
+
+    def policy(self) -> TargetPolicy:
+        """The :class:`~relay.targets.TargetPolicy` this table describes."""
+        return TargetPolicy(
+            allow_private=self.allow_private,
+            allow=Rules.parse(self.allow),
+            deny=Rules.parse(self.deny),
+            allow_only=self.allow_only,
+            ports=tuple(parse_port_range(port) for port in self.ports),
+        )
 
 
 def _one_key(instance: Any, _attribute: Any, _value: Any) -> None:
@@ -138,8 +198,8 @@ class KeyConfig:
     rate: float = attrs.field(default=1.0, validator=check(lambda v: v >= 0, "must be >= 0"))
     burst: int = attrs.field(default=10, validator=check(lambda v: v >= 1, "must be >= 1"))
     name: str | None = None  # shown in logs instead of the key
-    # Concurrent sessions this key may hold across every gateway sharing the
-    # limits backend; None: unlimited.
+    # Concurrent sessions this key may hold (across every gateway sharing the
+    # limits backend); None: only [server] max_sessions applies.  Over it: 1008.
     max_sessions: int | None = attrs.field(
         default=None, validator=check(lambda v: v is None or v >= 1, "must be >= 1")
     )

@@ -90,6 +90,12 @@ def _strict_bool(value: object, _type: object) -> bool:
     return value
 
 
+def _strict_int_or_str(value: object, _type: object) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"expected an integer or a string, got {_json_type(value)}")
+    return value
+
+
 def _json_type(value: object) -> str:
     names: dict[type, str] = {
         str: "a string",
@@ -139,6 +145,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook_func(lambda t: t == int | str, _strict_int_or_str)
     conv.register_structure_hook_factory(is_mapping, _strict_mapping_factory)
     conv.register_structure_hook_factory(_is_list_like, _strict_sequence_factory)
     return conv

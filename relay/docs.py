@@ -13,6 +13,7 @@ from relay.closecodes import (
     NORMAL,
     POLICY_VIOLATION,
     PROTOCOL_ERROR,
+    TRY_AGAIN_LATER,
 )
 from relay.converter import wire_name
 from relay.protocol import ConnectMessage
@@ -85,9 +86,10 @@ def protocol_document(ws_url: str, node_id: str) -> dict[str, Any]:
                 str(GOING_AWAY): "the gateway is shutting down",
                 str(PROTOCOL_ERROR): "a frame broke the WebSocket protocol",
                 str(POLICY_VIOLATION): "invalid API key, bad connect message, rate limited, "
-                "connect timeout, target not allowed",
+                "too many sessions for the key, connect timeout, target not allowed",
                 str(MESSAGE_TOO_BIG): "a message over the size limit",
                 str(INTERNAL_ERROR): "agent failure, target unreachable, or a connection lost",
+                str(TRY_AGAIN_LATER): "the gateway is at capacity: try again later",
                 "other": "a close from the client or the target is forwarded with its own "
                 "code and reason",
             },

@@ -11,12 +11,13 @@ import attrs
 from relay.agents import Agent, AgentPool
 from relay.agents.factory import build_agent
 from relay.auth import KeyStore
+from relay.capacity import Capacity
 from relay.config import Config, NodeConfig
 from relay.dial import DialSettings
 from relay.ratelimit import MemoryRateLimiter, RateLimiter
 from relay.registry import SessionRegistry, Stats
 from relay.slots import MemorySessionSlots, SessionSlots
-from relay.targets import Resolver, TargetPolicy, system_resolver
+from relay.targets import Resolver, system_resolver
 
 __all__ = ["Gateway", "Stats", "configured_agents", "dial_settings"]
 
@@ -33,6 +34,11 @@ class Gateway(SessionRegistry):
     agents: AgentPool
     dial: DialSettings
     slots: SessionSlots = attrs.Factory(MemorySessionSlots)  # per-key session counts
+    capacity: Capacity = attrs.field()
+
+    @capacity.default
+    def _capacity(self) -> Capacity:
+        return Capacity(max_handshakes=self.config.server.max_handshakes)
 
     def agent_health(self) -> list[tuple[str, str, bool]]:
         """Slug, kind and health of every agent, for /metrics."""
@@ -81,7 +87,7 @@ def dial_settings(
     if config.targets.ca_file:
         context.load_verify_locations(config.targets.ca_file)
     return DialSettings(
-        policy=TargetPolicy(allow_private=config.targets.allow_private),
+        policy=config.targets.policy(),
         timeout=config.server.dial_timeout,
         ssl_context=context,
         resolver=resolver,

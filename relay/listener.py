@@ -61,6 +61,17 @@ async def read_request_head(
             return None, bytes(raw)
 
 
+def _unsupported(request: h11.Request) -> tuple[int, str] | None:
+    """Requests that would turn a connection into a long-lived HTTP/2 one behind the
+    router's back (prior knowledge, or an h2c upgrade): the gateway speaks HTTP/1.1."""
+    if request.http_version not in (b"1.0", b"1.1"):
+        return 505, "HTTP version not supported"
+    for name, value in request.headers:
+        if name == b"upgrade" and b"h2c" in value.lower():
+            return 400, "h2c upgrades are not supported"
+    return None
+
+
 async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_all(data)
@@ -117,11 +128,26 @@ async def _route(
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_request_head)
     request: h11.Request | None = None
     raw = b""
-    with trio.move_on_after(config.handshake_timeout):
-        request, raw = await read_request_head(stream, conn)
+    capacity = gateway.capacity
+    if not capacity.enter_handshake():
+        log.debug("too many connections in their handshake: closing a new one")
+        return None  # closed at once, before a byte is read
+    try:
+        with trio.move_on_after(config.handshake_timeout):
+            request, raw = await read_request_head(stream, conn)
+    finally:
+        capacity.leave_handshake()
     if request is None:
         if raw:
             await _send_quietly(stream, server_reject(conn, 400, "Bad request"))
+        return None
+    # h11 bounds a head still incomplete; one that arrived whole in a single read is measured here.
+    if len(raw) - len(conn.trailing_data[0]) > config.max_request_head:
+        await _send_quietly(stream, server_reject(conn, 431, "Request header fields too large"))
+        return None
+    refused = _unsupported(request)
+    if refused is not None:
+        await _send_quietly(stream, server_reject(conn, *refused))
         return None
     path, _, query = request.target.decode("latin-1").partition("?")
     if path != RELAY_PATH:

@@ -9,18 +9,28 @@ reject exactly the same things.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import re
+import string
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import attrs
 
-from relay.converter import InputError, check, loads_json, register_renames, structure
+from relay.converter import (
+    FieldError,
+    InputError,
+    check,
+    loads_json,
+    register_renames,
+    structure,
+)
 from relay.handshake import forbidden_header
 
 __all__ = [
+    "ConnectLimits",
     "ConnectMessage",
     "ConnectRequest",
     "TargetURL",
@@ -31,11 +41,16 @@ __all__ = [
     "parse_target_url",
 ]
 
-MAX_URL_LENGTH = 8192
-_COUNTRY = re.compile(r"^[A-Za-z]{2}$")
-_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+MAX_URL_LENGTH = 8192  # the default of [server] max_url_length
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _COOKIE_NAME = _HEADER_NAME
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+# Controls other than HTAB split or smuggle HTTP header lines somewhere down the line.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Printable ASCII stays as it is in a request target; anything else is %-encoded.
+_TARGET_SAFE = string.punctuation
 
 
 def _valid_url(value: str) -> bool:
@@ -44,27 +59,52 @@ def _valid_url(value: str) -> bool:
 
 def _comma_list(pattern: re.Pattern[str]) -> Any:
     def ok(value: str | None) -> bool:
-        return value is None or all(pattern.match(item.strip()) for item in value.split(","))
+        return value is None or all(pattern.fullmatch(item.strip()) for item in value.split(","))
 
     return ok
 
 
-def _no_ctl(text: str) -> bool:
-    return not any(ch in text for ch in "\r\n\0")
+def _encodable(text: str) -> bool:
+    """False for lone surrogates (JSON allows them; UTF-8 cannot carry them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
-def _valid_headers(headers: Mapping[str, str]) -> bool:
-    return all(
-        _HEADER_NAME.match(name) and not forbidden_header(name) and _no_ctl(value)
-        for name, value in headers.items()
-    )
+def _clean_value(text: str) -> bool:
+    return _CONTROL.search(text) is None and _encodable(text)
 
 
-def _valid_cookies(cookies: Mapping[str, str]) -> bool:
-    return all(
-        _COOKIE_NAME.match(name) and _no_ctl(value) and ";" not in value
-        for name, value in cookies.items()
-    )
+def _header_problem(name: str, value: str) -> str | None:
+    if not _HEADER_NAME.fullmatch(name):
+        return f"{name!r} is not an HTTP header name"
+    if forbidden_header(name):
+        return (
+            f"{name} cannot be set: the handshake's own headers (Host, Upgrade, Connection, "
+            "Sec-WebSocket-* except Sec-WebSocket-Protocol) belong to the relay"
+        )
+    if not _clean_value(value):
+        return f"{name}: values must be free of CR/LF/NUL and other control characters"
+    return None
+
+
+def _check_headers(_instance: Any, attribute: Any, headers: Mapping[str, str]) -> None:
+    for name, value in headers.items():
+        problem = _header_problem(name, value)
+        if problem is not None:
+            raise FieldError(attribute.name, problem)
+
+
+def _check_cookies(_instance: Any, attribute: Any, cookies: Mapping[str, str]) -> None:
+    for name, value in cookies.items():
+        if not _COOKIE_NAME.fullmatch(name):
+            raise FieldError(attribute.name, f"{name!r} is not a cookie name")
+        if ";" in value or not _clean_value(value):
+            raise FieldError(
+                attribute.name, f"{name}: values must be free of ';', CR, LF, NUL and controls"
+            )
 
 
 def _doc(text: str, **extra: object) -> dict[str, object]:
@@ -78,29 +118,28 @@ class ConnectMessage:
     url: str = attrs.field(
         validator=check(
             _valid_url,
-            f"must be a ws:// or wss:// URL with a host, no credentials or fragment, "
-            f"at most {MAX_URL_LENGTH} characters",
+            "must be a ws:// or wss:// URL with a valid host, no credentials, fragment, "
+            "spaces or control characters",
         ),
         metadata=_doc("Target WebSocket URL (wss://... or ws://...)"),
+        repr=False,
     )
     api_key: str | None = attrs.field(
         default=None,
         metadata=_doc("API key for authentication. key is also accepted.", required=True),
+        repr=False,
     )
-    key: str | None = None
+    key: str | None = attrs.field(default=None, repr=False)
     headers: dict[str, str] = attrs.field(
         factory=dict,
-        validator=check(
-            _valid_headers,
-            "names must be HTTP tokens, values free of CR/LF/NUL, and the handshake's own "
-            "headers (Host, Upgrade, Connection, Sec-WebSocket-* except "
-            "Sec-WebSocket-Protocol) cannot be set",
-        ),
+        validator=_check_headers,
+        repr=False,
         metadata=_doc("Custom headers sent with the WS upgrade request to the target."),
     )
     cookies: dict[str, str] = attrs.field(
         factory=dict,
-        validator=check(_valid_cookies, "names must be tokens, values free of ';', CR, LF, NUL"),
+        validator=_check_cookies,
+        repr=False,
         metadata=_doc("Cookies sent with the WS upgrade request, merged into one Cookie header."),
     )
     geo: str | None = attrs.field(
@@ -133,7 +172,8 @@ class TargetURL:
     secure: bool
     host: str
     port: int
-    resource: str  # path and query, as sent in the request line
+    # Path and query, as sent in the request line; a query may carry a token: no repr.
+    resource: str = attrs.field(repr=False)
 
     @property
     def host_header(self) -> str:
@@ -143,8 +183,26 @@ class TargetURL:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+def _ascii_host(host: str) -> str | None:
+    """The host as sent on the wire (IDNA for names), or None if it cannot be one."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return host
+    try:
+        name = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        return None
+    labels = name.lower().removesuffix(".").split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return None
+    return name
+
+
 def _parse_target_url(value: str) -> TargetURL | None:
-    if len(value) > MAX_URL_LENGTH or not _no_ctl(value) or " " in value:
+    if _CONTROL.search(value) or " " in value or not _encodable(value):
         return None
     try:
         parts = urlsplit(value)
@@ -156,21 +214,37 @@ def _parse_target_url(value: str) -> TargetURL | None:
         return None
     if parts.username is not None or parts.password is not None:
         return None
+    host = _ascii_host(parts.hostname)
+    if host is None:
+        return None
     secure = scheme == "wss"
     resource = parts.path or "/"
     if parts.query:
         resource += "?" + parts.query
-    return TargetURL(secure, parts.hostname, port or (443 if secure else 80), resource)
+    # As browsers do: non-ASCII in the path or query is sent %-encoded as UTF-8.
+    resource = quote(resource, safe=_TARGET_SAFE)
+    return TargetURL(secure, host, port or (443 if secure else 80), resource)
+
+
+@attrs.frozen
+class ConnectLimits:
+    """Operator-set bounds on a connect request (``[server]``): violations are
+    reported against the field, like any other invalid input."""
+
+    max_url_length: int = MAX_URL_LENGTH
+    max_headers: int = 32  # entries in ``headers``
+    max_header_size: int = 8192  # bytes of one header line's name and value (Cookie merged)
 
 
 @attrs.frozen
 class ConnectRequest:
     """A validated connect request, ready for authentication and dialing."""
 
-    api_key: str | None
+    # Secrets (the key, header and cookie values, tokens in the URL) stay out of reprs.
+    api_key: str | None = attrs.field(repr=False)
     target: TargetURL
-    url: str
-    headers: tuple[tuple[str, str], ...]
+    url: str = attrs.field(repr=False)
+    headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)
     geo: frozenset[str]
     agents: tuple[str, ...]
     idle_timeout: float
@@ -198,16 +272,30 @@ def _split(value: str | None, *, upper: bool) -> list[str]:
     return [item.upper() for item in items] if upper else items
 
 
-def _to_request(message: ConnectMessage, *, send_connected: bool = True) -> ConnectRequest:
+def _to_request(
+    message: ConnectMessage, limits: ConnectLimits, *, what: str, send_connected: bool = True
+) -> ConnectRequest:
+    def refuse(field: str, problem: str) -> InputError:
+        return InputError(f"Invalid {what}: {field}: {problem}")
+
+    if len(message.url) > limits.max_url_length:
+        raise refuse("url", f"must be at most {limits.max_url_length} characters")
+    if len(message.headers) > limits.max_headers:
+        raise refuse("headers", f"at most {limits.max_headers} headers")
     target = _parse_target_url(message.url)
     assert target is not None  # guaranteed by the validator
-    headers = [(name, value) for name, value in message.headers.items()]
+    # Surrounding whitespace is not part of a header value (and h11 refuses it).
+    headers = [(name, value.strip(" \t")) for name, value in message.headers.items()]
     if message.cookies:
         jar = "; ".join(f"{name}={value}" for name, value in message.cookies.items())
         # Cookies given in both places end up in one header, explicit header first.
         existing = [value for name, value in headers if name.lower() == "cookie"]
         headers = [(n, v) for n, v in headers if n.lower() != "cookie"]
-        headers.append(("Cookie", "; ".join([*existing, jar])))
+        headers.append(("Cookie", "; ".join([*existing, jar]).strip(" \t")))
+    for name, value in headers:
+        if len(name) + len(value.encode()) > limits.max_header_size:
+            field = "cookies" if name == "Cookie" and message.cookies else "headers"
+            raise refuse(field, f"{name}: over {limits.max_header_size} bytes")
     return ConnectRequest(
         api_key=message.api_key if message.api_key is not None else message.key,
         target=target,
@@ -220,10 +308,13 @@ def _to_request(message: ConnectMessage, *, send_connected: bool = True) -> Conn
     )
 
 
-def parse_connect_message(text: str | bytes) -> ConnectRequest:
+def parse_connect_message(
+    text: str | bytes, limits: ConnectLimits = ConnectLimits()
+) -> ConnectRequest:
     """Parse a connect message (JSON text); raises :class:`InputError` naming the field."""
     data = loads_json(text, what="connect message")
-    return _to_request(structure(data, ConnectMessage, what="connect message"))
+    message = structure(data, ConnectMessage, what="connect message")
+    return _to_request(message, limits, what="connect message")
 
 
 _QUERY_FIELDS = {"apiKey", "key", "url", "geo", "agent", "idle_timeout"}
@@ -231,7 +322,9 @@ _FALSE = {"0", "false", "no", "off"}
 _TRUE = {"1", "true", "yes", "on"}
 
 
-def parse_connect_query(query: str) -> ConnectRequest | None:
+def parse_connect_query(
+    query: str, limits: ConnectLimits = ConnectLimits()
+) -> ConnectRequest | None:
     """Parse the ``/ws?url=…&apiKey=…`` form; None when the query names no ``url``.
 
     ``header=Name: value`` and ``cookie=name=value`` may repeat; ``connected=false``
@@ -273,7 +366,7 @@ def parse_connect_query(query: str) -> ConnectRequest | None:
     if cookies:
         data["cookies"] = cookies
     message = structure(data, ConnectMessage, what="connect query")
-    return _to_request(message, send_connected=send_connected)
+    return _to_request(message, limits, what="connect query", send_connected=send_connected)
 
 
 def connected_message(node_id: str, status: int = 101) -> str:

@@ -106,11 +106,11 @@ class GatewayFront:
 
     def query_request(self) -> ConnectRequest | None:
         """The ``/ws?url=…`` form."""
-        return parse_connect_query(self.query)
+        return parse_connect_query(self.query, self.server.connect_limits)
 
     def parse(self, text: str) -> ConnectRequest:
         """A client's connect message."""
-        return parse_connect_message(text)
+        return parse_connect_message(text, self.server.connect_limits)
 
     async def open(self, request: ConnectRequest, session: Session) -> TargetConnection:
         """Authenticate, take a token and a slot, then open the target through an agent
@@ -127,7 +127,7 @@ class GatewayFront:
                 raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
             if not await claim.claim(key):
                 raise SessionError(
-                    Outcome.OVER_CAPACITY, "Too many concurrent sessions for this API key"
+                    Outcome.KEY_SESSION_LIMIT, "Too many concurrent sessions for this API key"
                 )
         except LimitsUnavailable:
             # A shared limits backend that fails closed: come back later (1013).
@@ -226,6 +226,13 @@ async def _connect_request(front: Front, client: Hop) -> ConnectRequest | None:
         raise SessionError(Outcome.BAD_REQUEST, str(exc)) from None
 
 
+def _check_capacity(front: Front) -> None:
+    # Counted from the handshake on (this session included), so the connect
+    # phase counts too; refused before any connect message is read.
+    if len(front.registry.sessions) > front.server.max_sessions:
+        raise SessionError(Outcome.OVER_CAPACITY, "Server at capacity, try again later")
+
+
 class Session:
     """One relay session, registered with its front's registry from start to end.
 
@@ -316,6 +323,7 @@ class Session:
         idle_handled = False
         try:
             with trio.CancelScope() as self._scope:
+                _check_capacity(front)
                 request = await _connect_request(front, client)
                 if request is None:
                     await self._client_left(server.close_timeout)

@@ -64,6 +64,10 @@ class MemorySessionSlots:
         """Sessions ``key_id`` holds now."""
         return len(self._live.get(key_id, ()))
 
+    def held(self) -> int:
+        """Sessions held now, all keys together."""
+        return sum(len(live) for live in self._live.values())
+
     async def claim(self, key_id: str, limit: int, session_id: str) -> bool:
         """Count ``session_id`` unless ``limit`` sessions are live."""
         live = self._live.setdefault(key_id, set())

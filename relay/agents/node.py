@@ -146,7 +146,7 @@ class NodeFront:
 
     def parse(self, text: str) -> ConnectRequest:
         """The gateway's request, validated again here: this is where the dial happens."""
-        request = parse_connect_message(text)
+        request = parse_connect_message(text, self.server.connect_limits)
         extras = structure(loads_json(text, what="link message"), LinkExtras, what="link message")
         self.source_address = extras.source_address
         return request

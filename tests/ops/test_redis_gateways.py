@@ -124,7 +124,7 @@ async def test_a_killed_gateway_holds_its_sessions_only_until_they_expire(
             refused = await _refusal(second.ws_url, "one-session", url)
             assert refused is not None
             assert (refused.code, refused.message) == (
-                1013,
+                1008,
                 "Too many concurrent sessions for this API key",
             )
             await held.websocket.send_message("still relaying")
@@ -136,7 +136,7 @@ async def test_a_killed_gateway_holds_its_sessions_only_until_they_expire(
 
             async def admitted() -> bool:
                 refusal = await _refusal(second.ws_url, "one-session", url)
-                if refusal is not None and refusal.code != 1013:
+                if refusal is not None and refusal.code != 1008:
                     pytest.fail(f"unexpected refusal: {refusal}")
                 return refusal is None
 

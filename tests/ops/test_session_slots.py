@@ -48,7 +48,7 @@ async def test_a_key_is_held_to_max_sessions_and_a_closed_session_frees_its_slot
                 async with open_relay(running.ws_url, api_key="two-at-a-time", url=url):
                     pass
             assert (refused.value.code, refused.value.message) == (
-                1013,
+                1008,
                 "Too many concurrent sessions for this API key",
             )
             # Another key is not affected, and a key without max_sessions has no limit.
