@@ -19,6 +19,7 @@ from relay.agents.nodecli import TOKEN_ENV, add_agent_parser, build_node_config,
 from relay.config import Config, ConfigError, KeyConfig, load_config, parse_bind
 from relay.limits import open_limits
 from relay.logs import configure_logging
+from relay.memory import tune_malloc
 from relay.ratelimit import LimitsUnavailable
 from relay.server import BoundAddress, run_until_signalled
 from relay.workers import run_workers
@@ -172,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level != "debug":
         # Its retries and dropped connections are reported once, by relay.limits.
         logging.getLogger("coredis").setLevel(logging.WARNING)
+    tune_malloc()  # before any buffer is allocated: see relay/memory.py
     if args.command == "agent":
         return _agent_main(args)
     try:

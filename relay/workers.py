@@ -28,6 +28,7 @@ import trio
 from relay.config import Config, config_from_dict
 from relay.converter import converter
 from relay.logs import configure_logging
+from relay.memory import tune_malloc
 from relay.server import BoundAddress, run_until_signalled
 
 __all__ = ["reserve_port", "run_workers"]
@@ -153,4 +154,5 @@ async def _worker_main() -> None:
 if __name__ == "__main__":
     level, _, fmt = os.environ.get(LOG_ENV, "info,text").partition(",")
     configure_logging(level, fmt or "text")
+    tune_malloc()
     trio.run(_worker_main)
