@@ -20,7 +20,7 @@ from relay.gateway import Gateway
 from relay.handshake import HandshakeError, is_upgrade, server_accept, server_reject
 from relay.hop import RECEIVE_SIZE, adopt_socket
 from relay.httpserver import AsgiServer, ReplayStream
-from relay.session import run_session
+from relay.session import GatewayFront, new_session
 
 __all__ = ["RELAY_PATH", "handle_connection", "read_request_head"]
 
@@ -95,11 +95,14 @@ async def handle_connection(
             stream = secured
         upgraded = await _route(gateway, http, stream)
         # The request's parsing state is gone by now: a long session keeps
-        # only what it needs.
+        # only what it needs, and this frame holds nothing but the session.
         if upgraded is not None:
-            query, pending = upgraded
             stream, sock = adopt_socket(stream)
-            await run_session(gateway, stream, query=query, pending=pending, sock=sock)
+            session = new_session(
+                GatewayFront(gateway, upgraded[0]), stream, pending=upgraded[1], sock=sock
+            )
+            del upgraded, sock
+            await session.run()
     except Exception:
         log.exception("connection handler failed")
     finally:

@@ -46,16 +46,19 @@ async def pump(src: Hop, dst: Hop, on_data: Callable[[], None] | None = None) ->
         data = await src.receive()
         if not data:
             return _lost(src)
-        chunk = incoming.feed(data)
-        if chunk.out:
+        out, data_seen, stop = incoming.feed(data)
+        # Nothing from this read may stay referenced while the pump waits for
+        # the next one: an idle session would keep its last read (up to 256 KiB).
+        del data
+        if out:
             try:
-                await dst.send_bytes(chunk.out)
+                await dst.send_bytes(out)
             except trio.BrokenResourceError:
                 dst.lost = True
                 return _lost(dst)
-        if chunk.data_seen and on_data is not None:
+        del out
+        if data_seen and on_data is not None:
             on_data()
-        stop = chunk.stop
         if stop is None:
             continue
         if isinstance(stop, CloseFrame):

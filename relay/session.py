@@ -52,7 +52,7 @@ from relay.ratelimit import LimitsUnavailable
 from relay.registry import SessionRegistry
 from relay.slots import SessionClaim
 
-__all__ = ["Front", "GatewayFront", "Session", "run_session", "serve_session"]
+__all__ = ["Front", "GatewayFront", "Session", "new_session", "run_session", "serve_session"]
 
 log = logging.getLogger("relay.session")
 
@@ -362,11 +362,15 @@ class Session:
         target = self.target
         assert target is not None
         assert request is not None
+        # Where the far end (a remote agent) keeps the idle deadline, one clock is enough.
+        idle_timeout = 0.0 if idle_handled else request.idle_timeout
+        # The request and the dial's result are done with: a relaying session
+        # keeps nothing it does not need (its headers may be kilobytes).
+        del request, connection
         ending = await relay_frames(
             client,
             target,
-            # Where the far end (a remote agent) keeps the idle deadline, one clock is enough.
-            idle_timeout=0.0 if idle_handled else request.idle_timeout,
+            idle_timeout=idle_timeout,
             close_timeout=server.close_timeout,
             on_start=self._relaying,
         )
@@ -400,15 +404,20 @@ class Session:
         )
 
 
-async def serve_session(
+def new_session(
     front: Front,
     stream: trio.abc.Stream,
     *,
     pending: bytes,
     sock: socket.socket | None = None,
-) -> None:
-    """Serve one client of ``front`` whose WebSocket handshake has completed on
-    ``stream`` (``sock``: its socket, when it is plain TCP)."""
+) -> Session:
+    """A session for one client of ``front`` whose WebSocket handshake has completed
+    on ``stream`` (``sock``: its socket, when it is plain TCP); ``await .run()`` it.
+
+    Built apart from running so the caller awaits ``run()`` directly: every
+    coroutine frame between the handler and the session is kept for the
+    session's whole life.
+    """
     client = Hop(
         "client",
         stream,
@@ -417,7 +426,18 @@ async def serve_session(
         pending=pending,
         sock=sock,
     )
-    await Session(front, client).run()
+    return Session(front, client)
+
+
+async def serve_session(
+    front: Front,
+    stream: trio.abc.Stream,
+    *,
+    pending: bytes,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve one client of ``front`` to the end (see :func:`new_session`)."""
+    await new_session(front, stream, pending=pending, sock=sock).run()
 
 
 async def run_session(
