@@ -17,6 +17,7 @@ from parser_api.protocol import ENDPOINT as PARSER_PATH
 from relay.agents.health import run_health_checks
 from relay.asgi import ASGIApp, GatewayApp
 from relay.config import Config
+from relay.egress import agent_egress
 from relay.gateway import Gateway
 from relay.httpserver import AsgiServer
 from relay.limits import open_limits
@@ -75,7 +76,7 @@ def _parser_app(config: Config, gateway: Gateway, mounts: dict[str, ASGIApp]) ->
     """Mount the parser API at /ws/parser when it has a token (and nothing else is there)."""
     if not config.parser.has_token or PARSER_PATH in mounts:
         return None
-    app = create_app(config.parser)
+    app = create_app(config.parser, egress=agent_egress(gateway.agents))
     mounts[PARSER_PATH] = app
     mounts[PARSER_PATH + "/"] = app
     gateway.metrics.watch_parser(app)

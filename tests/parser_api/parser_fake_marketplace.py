@@ -35,6 +35,7 @@ class Recorded:
     domain: str
     path: str
     params: dict[str, str]
+    peer: str = ""  # the requesting address: which egress a request left from
 
     @property
     def posh_request(self) -> dict[str, Any]:
@@ -164,7 +165,8 @@ class FakeMarketplace:
             return
         params = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
         domain, _, rest = scope["path"].lstrip("/").partition("/")
-        self.requests.append(Recorded(domain, "/" + rest, params))
+        peer = str((scope.get("client") or ("",))[0])
+        self.requests.append(Recorded(domain, "/" + rest, params, peer))
         if self.delay.get(domain):
             await trio.sleep(self.delay[domain])
         if self.failures[domain]:
