@@ -1,10 +1,12 @@
 """The parser API's marketplace requests leave through the gateway's agents.
 
 A session filtered to a country (a Depop ``country_filter``, a Poshmark
-domain) is sent through a healthy agent of that country where the gateway has
-one: a ``direct`` agent's ``source_address``, or a ``proxy`` agent's upstream
-proxy.  ``remote`` agents relay WebSockets only, so they carry no HTTP; a
-country without a usable agent goes out directly, as it would with no agents.
+domain) is sent through a healthy agent of that country that can carry HTTP:
+a ``direct`` agent with a ``source_address``, or a ``proxy`` agent's upstream
+proxy.  The agent is chosen per request, so a request after an agent's failed
+health check goes through the next one.  ``remote`` agents relay WebSockets
+only; a country without an agent that carries HTTP goes out directly, as it
+would with no agents at all.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import importlib.util
 import httpx
 
 from parser_api.sources.http import Egress
-from relay.agents.base import AgentPool
+from relay.agents.base import Agent, AgentPool
 from relay.agents.direct import DirectAgent
 from relay.agents.proxy import ProxyAgent
 
@@ -27,7 +29,8 @@ _HTTP_PROXY_SCHEMES = frozenset(
 )
 
 
-def _transport(agent: object) -> httpx.AsyncBaseTransport | None:
+def _transport(agent: Agent) -> httpx.AsyncBaseTransport | None:
+    """How HTTP goes out through ``agent``; None if it cannot carry HTTP."""
     if isinstance(agent, DirectAgent) and agent.source_address is not None:
         return httpx.AsyncHTTPTransport(local_address=agent.source_address)
     if isinstance(agent, ProxyAgent) and agent.proxy.scheme in _HTTP_PROXY_SCHEMES:
@@ -38,6 +41,30 @@ def _transport(agent: object) -> httpx.AsyncBaseTransport | None:
     return None
 
 
+class CountryTransport(httpx.AsyncBaseTransport):
+    """Sends each request through the first healthy of a country's agents.
+
+    With none healthy it still uses the first: the request then fails where
+    the caller sees it, rather than leaving from another country unnoticed.
+    """
+
+    def __init__(self, carriers: list[tuple[Agent, httpx.AsyncBaseTransport]]) -> None:
+        self._carriers = carriers
+
+    def _pick(self) -> tuple[Agent, httpx.AsyncBaseTransport]:
+        for carrier in self._carriers:
+            if carrier[0].healthy:
+                return carrier
+        return self._carriers[0]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._pick()[1].handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for _, transport in self._carriers:
+            await transport.aclose()
+
+
 def agent_egress(pool: AgentPool) -> Egress:
     """An ``egress(country)`` for :func:`parser_api.app.create_app` over ``pool``."""
 
@@ -45,11 +72,10 @@ def agent_egress(pool: AgentPool) -> Egress:
         if country is None:
             return None
         wanted = country.upper()
+        carriers = []
         for agent in pool.agents:
-            if agent.country == wanted and agent.healthy:
-                transport = _transport(agent)
-                if transport is not None:
-                    return transport
-        return None
+            if agent.country == wanted and (transport := _transport(agent)) is not None:
+                carriers.append((agent, transport))
+        return CountryTransport(carriers) if carriers else None
 
     return egress

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 import trio
 
+from relay.agents.direct import DirectAgent
 from relay.config import AgentConfig
 from tests.parser_api.parser_fake_marketplace import FakeMarketplace
 from tests.parser_api.parser_testkit import TOKEN, make_config
@@ -59,3 +60,26 @@ async def test_a_proxy_agent_carries_its_countrys_requests(
     depop = [request for request in market.requests if request.domain == "depop"]
     assert depop
     assert {request.peer for request in depop} == {"127.0.0.9"}
+
+
+async def test_requests_move_to_the_next_agent_when_one_turns_unhealthy(
+    nursery: trio.Nursery, market: FakeMarketplace
+) -> None:
+    agents = (
+        AgentConfig(slug="gb1", country="GB", source_address="127.0.0.2"),
+        AgentConfig(slug="gb2", country="GB", source_address="127.0.0.3"),
+    )
+    config = attrs.evolve(gateway_config(agents=agents), parser=make_config(market))
+    running = await start_gateway(nursery, config)
+    gb1 = next(agent for agent in running.gateway.agents.agents if agent.slug == "gb1")
+    assert isinstance(gb1, DirectAgent)
+    async with GatewayClient(base_http_url=running.address.http_url, admin_token=TOKEN) as client:
+        await client.configure_depop(batch_size=5, country_filter="gb")
+        assert (await client.fetch_batch())["data"]["count"] > 0
+        seen = len(market.requests)
+        assert {request.peer for request in market.requests} == {"127.0.0.2"}
+        gb1.healthy = False
+        assert (await client.fetch_batch())["data"]["count"] > 0
+    later = market.requests[seen:]
+    assert later
+    assert {request.peer for request in later} == {"127.0.0.3"}
