@@ -12,10 +12,13 @@ import socket
 import trio
 
 from relay.frames import (
+    CLOSE,
     MASK_KEYS,
     CloseFrame,
+    FrameReader,
     FrameRelay,
     MaskKeys,
+    Violation,
     encode_close,
     encode_frame,
 )
@@ -200,6 +203,19 @@ class Hop:
         self.sent_close_code = code
         mask = self.keys.next() if self.is_target else None
         await self.send_bytes(encode_close(code, reason, mask=mask))
+
+    async def await_close(self, reader: FrameReader) -> None:
+        """Read and drop frames until the peer's close, a protocol error or EOF
+        (where the relay is the endpoint: ``reader`` holds what came before)."""
+        while True:
+            frame = reader.next_frame()
+            if frame is None:
+                data = await self.receive()
+                if not data:
+                    return
+                reader.feed(data)
+            elif isinstance(frame, Violation) or frame.opcode == CLOSE:
+                return
 
     async def aclose(self) -> None:
         """Close the connection without waiting on the peer."""

@@ -19,7 +19,7 @@ import trio
 
 from relay.agents.base import Agent, plain_request
 from relay.closecodes import NORMAL, SessionError
-from relay.frames import CLOSE, FrameReader, Violation
+from relay.frames import FrameReader
 from relay.hop import RECEIVE_SIZE, Hop
 
 __all__ = ["Checked", "Health", "probe", "run_health_checks", "watch"]
@@ -142,14 +142,6 @@ async def probe(agent: Agent, url: str) -> None:
         await hop.send_close(NORMAL, "health check")
         reader = FrameReader(from_client=False, max_frame=RECEIVE_SIZE)
         reader.feed(connection.trailing)
-        while True:  # until the close answer (frames before it are dropped) or EOF
-            frame = reader.next_frame()
-            if frame is None:
-                data = await hop.receive()
-                if not data:
-                    return
-                reader.feed(data)
-            elif isinstance(frame, Violation) or frame.opcode == CLOSE:
-                return
+        await hop.await_close(reader)
     finally:
         await hop.aclose()

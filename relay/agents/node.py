@@ -30,7 +30,7 @@ from relay.closecodes import NORMAL, SessionError
 from relay.config import NodeConfig, ServerConfig, valid_ip
 from relay.converter import check, loads_json, structure
 from relay.dial import TargetConnection
-from relay.frames import CLOSE, TEXT, FrameReader, Violation
+from relay.frames import TEXT, FrameReader
 from relay.gateway import dial_settings
 from relay.handshake import HandshakeError, is_upgrade, server_accept, server_reject
 from relay.hop import RECEIVE_SIZE, Hop, adopt_socket
@@ -179,16 +179,7 @@ async def _answer_health(node: Node, stream: trio.abc.Stream, pending: bytes) ->
         try:
             await hop.send_frame(TEXT, json.dumps(node.identity()).encode())
             await hop.send_close(NORMAL, "")
-            reader = FrameReader(from_client=True, max_frame=RECEIVE_SIZE)
-            while True:
-                frame = reader.next_frame()
-                if frame is None:
-                    data = await hop.receive()
-                    if not data:
-                        return
-                    reader.feed(data)
-                elif isinstance(frame, Violation) or frame.opcode == CLOSE:
-                    return
+            await hop.await_close(FrameReader(from_client=True, max_frame=RECEIVE_SIZE))
         except trio.BrokenResourceError:
             return
 
