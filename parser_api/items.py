@@ -15,6 +15,8 @@ import attrs
 
 __all__ = [
     "Item",
+    "as_dict",
+    "as_text",
     "item_fields_reference",
     "json_type_name",
     "parse_money",
@@ -98,6 +100,18 @@ def json_type_name(annotation: Any) -> str:
             part = "array of " + names.get(inner.strip(), inner.strip())
         parts.append(names.get(part, part))
     return " | ".join(parts)
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (marketplace JSON is untrusted)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_text(value: object) -> str | None:
+    """A non-blank string, stripped; None for anything else."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
 
 
 def parse_money(value: object) -> float | None:

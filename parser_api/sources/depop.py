@@ -18,7 +18,7 @@ import attrs
 
 from parser_api.countries import currency_for
 from parser_api.harvest import Feed, Page
-from parser_api.items import Item, parse_money, to_utc_iso
+from parser_api.items import Item, as_dict, as_text, parse_money, to_utc_iso
 from parser_api.sources.http import PoliteClient, UpstreamError
 
 __all__ = [
@@ -107,7 +107,7 @@ def parse_page(data: object, *, base_url: str, where: str = "depop") -> Page:
     products: list[object] = data["objects"]
     items = [normalize_product(product, base_url=base_url) for product in products]
     good = tuple(item for item in items if item is not None)
-    page_info = _dict(data.get("page_info"))
+    page_info = as_dict(data.get("page_info"))
     last = page_info.get("last")
     cursor = None
     if page_info.get("has_more") is True and products and isinstance(last, str) and last:
@@ -115,28 +115,18 @@ def parse_page(data: object, *, base_url: str, where: str = "depop") -> Page:
     return Page(items=good, next_cursor=cursor, skipped=len(items) - len(good))
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
-
-
 def _entry_price(entry: object) -> float | None:
-    entry = _dict(entry)
+    entry = as_dict(entry)
     if "total_price" in entry:
         return parse_money(entry["total_price"])
-    amount = _dict(_dict(entry.get("price_breakdown")).get("price")).get("amount")
+    amount = as_dict(as_dict(entry.get("price_breakdown")).get("price")).get("amount")
     if amount is not None:
         return parse_money(amount)
     return parse_money(entry.get("amount"))
 
 
 def _title(product: dict[str, Any], slug: str) -> str | None:
-    description = _text(product.get("title")) or _text(product.get("description"))
+    description = as_text(product.get("title")) or as_text(product.get("description"))
     if description is None:
         words = slug.split("-")[1:-1]  # <seller>-<title words>-<hash>
         return " ".join(words).capitalize() or None
@@ -152,27 +142,27 @@ def normalize_product(product: object, *, base_url: str) -> Item | None:
         return None
     raw_id = product.get("id")
     product_id = str(raw_id) if isinstance(raw_id, int | str) and str(raw_id) else None
-    slug = _text(product.get("slug"))
-    pricing = _dict(product.get("pricing"))
-    key = _text(pricing.get("final_price_key"))
+    slug = as_text(product.get("slug"))
+    pricing = as_dict(product.get("pricing"))
+    key = as_text(pricing.get("final_price_key"))
     if key is None:
         key = next(
             (k for k in ("discounted_price", "current_price") if k in pricing), "original_price"
         )
     price = _entry_price(pricing.get(key))
-    currency = _text(pricing.get("currency_name")) or _text(pricing.get("currency"))
+    currency = as_text(pricing.get("currency_name")) or as_text(pricing.get("currency"))
     if product_id is None or slug is None or price is None or currency is None:
         return None
     title = _title(product, slug)
     if title is None:
         return None
-    condition = _text(_dict(product.get("attributes")).get("condition")) or _text(
+    condition = as_text(as_dict(product.get("attributes")).get("condition")) or as_text(
         product.get("condition")
     )
-    country = _text(product.get("country"))
-    status = _text(product.get("status")) or ""
+    country = as_text(product.get("country"))
+    status = as_text(product.get("status")) or ""
     sold = product.get("sold") is True or status.lower() in ("sold", "sold_out")
-    seller = _text(_dict(product.get("seller")).get("username")) or slug.split("-", 1)[0]
+    seller = as_text(as_dict(product.get("seller")).get("username")) or slug.split("-", 1)[0]
     return Item(
         id=product_id,
         marketplace="depop",
@@ -196,7 +186,7 @@ def normalize_product(product: object, *, base_url: str) -> Item | None:
 
 
 def _brand(value: object) -> str | None:
-    brand = _text(value)
+    brand = as_text(value)
     return None if brand is None or brand.casefold() == "other" else brand  # "Other": unbranded
 
 
@@ -204,13 +194,13 @@ def _size(value: object) -> str | None:
     if not isinstance(value, list) or not value:
         return None
     first = value[0]
-    return _text(first) or _text(_dict(first).get("name"))
+    return as_text(first) or as_text(as_dict(first).get("name"))
 
 
 def _picture_url(picture: object) -> str | None:
-    formats = _dict(_dict(picture).get("formats"))
+    formats = as_dict(as_dict(picture).get("formats"))
     for name in ("P0", *sorted(formats)):
-        url = _text(_dict(formats.get(name)).get("url"))
+        url = as_text(as_dict(formats.get(name)).get("url"))
         if url and url.startswith(("http://", "https://")):
             return url
     return None

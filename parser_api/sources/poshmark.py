@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from parser_api.harvest import Feed, Page
-from parser_api.items import Item, parse_money, to_utc_iso
+from parser_api.items import Item, as_dict, as_text, parse_money, to_utc_iso
 from parser_api.sources.http import PoliteClient, UpstreamError
 
 __all__ = ["build_params", "normalize_post", "parse_page", "poshmark_feed"]
@@ -60,34 +60,26 @@ def parse_page(data: object, *, site: str, base_url: str, where: str = "poshmark
     return Page(items=good, next_cursor=cursor, skipped=len(items) - len(good))
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
-
-
 def normalize_post(post: object, *, site: str, base_url: str) -> Item | None:
     """One post as an :class:`Item`, or None when it lacks an id, title, price or status."""
     if not isinstance(post, dict):
         return None
-    post_id = _text(post.get("id"))
-    title = _text(post.get("title"))
-    price_amount = _dict(post.get("price_amount"))
+    post_id = as_text(post.get("id"))
+    title = as_text(post.get("title"))
+    price_amount = as_dict(post.get("price_amount"))
     price = parse_money(price_amount.get("val", post.get("price")))
     status = {"available": "available", "sold_out": "sold"}.get(
-        str(_dict(post.get("inventory")).get("status"))
+        str(as_dict(post.get("inventory")).get("status"))
     )
     if post_id is None or title is None or price is None or status is None:
         return None
     country, default_currency = SITES[site]
-    original_amount = _dict(post.get("original_price_amount"))
+    original_amount = as_dict(post.get("original_price_amount"))
     original = parse_money(original_amount.get("val", post.get("original_price")))
-    condition = _text(post.get("condition"))
-    origin = _text(post.get("origin_domain"))
+    condition = as_text(post.get("condition"))
+    origin = as_text(post.get("origin_domain"))
+    brand_obj = as_dict(post.get("brand_obj"))
+    brand = as_text(post.get("brand")) or as_text(brand_obj.get("canonical_name"))
     return Item(
         id=post_id,
         marketplace="poshmark",
@@ -95,14 +87,14 @@ def normalize_post(post: object, *, site: str, base_url: str) -> Item | None:
         status=status,
         title=title,
         price=price,
-        currency=_text(price_amount.get("currency_code")) or default_currency,
+        currency=as_text(price_amount.get("currency_code")) or default_currency,
         original_price=original or None,  # Poshmark sends 0 for "no original price"
-        brand=_text(post.get("brand")) or _text(_dict(post.get("brand_obj")).get("canonical_name")),
-        size=_text(_dict(post.get("size_obj")).get("display")) or _text(post.get("size")),
+        brand=brand,
+        size=as_text(as_dict(post.get("size_obj")).get("display")) or as_text(post.get("size")),
         condition=_CONDITIONS.get(condition, condition) if condition else None,
         url=f"{base_url.rstrip('/')}/listing/{post_id}",
         images=_images(post),
-        seller=_text(post.get("creator_username")),
+        seller=as_text(post.get("creator_username")),
         country=origin.upper() if origin and len(origin) == 2 else country,
         created_at=to_utc_iso(post.get("created_at")) or to_utc_iso(post.get("first_published_at")),
     )
@@ -115,7 +107,7 @@ def _images(post: dict[str, Any]) -> tuple[str, ...]:
     if isinstance(pictures, list):
         candidates.extend(pictures)
     for picture in candidates:
-        url = _text(_dict(picture).get("url"))
+        url = as_text(as_dict(picture).get("url"))
         if url and url.startswith(("http://", "https://")) and url not in urls:
             urls.append(url)
     return tuple(urls)
