@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,16 @@ import pytest
 
 from bench.procs import stop_process, wait_ready_line
 from bench.systems import SYSTEMS, Context, Running
+from tests.conftest import require
+
+BENCH_EXTRA = ("rich", "hdrh", "matplotlib", "uvloop", "picows")
+
+
+@pytest.fixture(autouse=True)
+def _bench_extra() -> None:
+    """Every bench test needs the ``bench`` extra; in CI its absence is a failure."""
+    missing = [name for name in BENCH_EXTRA if importlib.util.find_spec(name) is None]
+    require(not missing, f"the bench extra (pip install '.[bench]'; missing {missing})")
 
 
 @pytest.fixture
