@@ -5,6 +5,7 @@ names the stage and cause, for the client's error message.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -61,11 +62,33 @@ async def connect_tcp(
     last: OSError | None = None
     for address in addresses:
         try:
-            return await trio.open_tcp_stream(address, port, local_address=source_address)
+            return await _connect(address, port, source_address)
         except OSError as exc:
             last = exc
     assert last is not None
     raise last
+
+
+async def _connect(address: str, port: int, source_address: str | None) -> trio.SocketStream:
+    """One connect to an address literal (resolved and checked already).
+
+    ``trio.open_tcp_stream`` would resolve it again and run the attempt in a
+    task of its own nursery; one address needs neither.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if source_address is not None:
+            # The port is picked at connect time, per destination, not at bind
+            # time from the whole ephemeral range.
+            with contextlib.suppress(AttributeError, OSError):
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
+            await sock.bind((source_address, 0))
+        await sock.connect((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
 
 
 def _root_cause(exc: BaseException) -> BaseException:

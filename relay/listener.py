@@ -87,6 +87,7 @@ async def handle_connection(
 
     With ``tls``, the connection is TLS: ``wss://`` and ``https://`` share the port.
     """
+    handed_over = False  # a session closes its own client
     try:
         if tls is not None:
             secured = await _tls_handshake(stream, tls, gateway.config.server.handshake_timeout)
@@ -101,12 +102,14 @@ async def handle_connection(
             session = new_session(
                 GatewayFront(gateway, upgraded[0]), stream, pending=upgraded[1], sock=sock
             )
+            handed_over = True
             del upgraded, sock
             await session.run()
     except Exception:
         log.exception("connection handler failed")
     finally:
-        await trio.aclose_forcefully(stream)
+        if not handed_over:
+            await trio.aclose_forcefully(stream)
 
 
 async def _tls_handshake(

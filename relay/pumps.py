@@ -101,11 +101,8 @@ class RelayWatch:
         if self.closes == 2:
             self.nursery.cancel_scope.cancel()  # both closes relayed: stop the watchers
         else:
-            self.nursery.start_soon(self.watch_close_reply)
-
-    async def watch_close_reply(self) -> None:
-        await trio.sleep(self.close_timeout)
-        self.finish(Ending(Outcome.CLOSED, "close not answered"))
+            # The other side has close_timeout to answer (see relay_frames).
+            self.nursery.cancel_scope.deadline = trio.current_time() + self.close_timeout
 
     def push_idle_deadline(self) -> None:
         assert self.idle is not None
@@ -147,4 +144,8 @@ async def relay_frames(
             on_target_data = watch.push_idle_deadline
         nursery.start_soon(watch.run, client, target, None)
         nursery.start_soon(watch.run, target, client, on_target_data)
+    if watch.ending is None and watch.closes == 1:
+        # Only the close-reply deadline ends the phase with one close relayed
+        # and nothing else said: an outside cancellation would have raised.
+        watch.ending = Ending(Outcome.CLOSED, "close not answered")
     return watch.ending
