@@ -29,6 +29,7 @@ RECEIVE_SIZE = 64 * 1024
 MAX_RECEIVE_SIZE = 256 * 1024
 
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+_NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 
 
 def adopt_socket(stream: trio.abc.Stream) -> tuple[trio.abc.Stream, socket.socket | None]:
@@ -46,7 +47,13 @@ def adopt_socket(stream: trio.abc.Stream) -> tuple[trio.abc.Stream, socket.socke
         trio_socket.family, trio_socket.type, trio_socket.proto, trio_socket.detach()
     )
     raw.setblocking(False)
-    return trio.SocketStream(trio.socket.from_stdlib_socket(raw)), raw
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+    if _NOTSENT_LOWAT is not None:
+        # SocketStream caps unsent data at 16 KiB, which favours latency on
+        # interactive streams; a relay moving large messages then needs a
+        # send call and a wake-up per 16 KiB.  0 restores the system default.
+        raw.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, 0)
+    return stream, raw
 
 
 class Hop:
