@@ -93,6 +93,10 @@ class ServerConfig:
     drain_period: float = attrs.field(
         default=10.0, validator=check(lambda v: v >= 0, "must be >= 0")
     )
+    # TCP keepalive on client and target connections (relay/keepalive.py); 0: off.
+    tcp_keepalive: float = attrs.field(
+        default=60.0, validator=check(lambda v: v >= 0, "must be >= 0")
+    )
     certfile: str | None = None  # PEM certificate (chain): serve wss:// and https://
     keyfile: str | None = None  # its private key, if not in certfile
     # Bounds on the connect request (docs: README "Security").

@@ -18,6 +18,7 @@ import trio
 from relay.closecodes import Outcome, SessionError
 from relay.handshake import ClientHandshake, HandshakeError
 from relay.hop import RECEIVE_SIZE, adopt_socket
+from relay.keepalive import hop_keepalive
 from relay.protocol import ConnectRequest, TargetURL
 from relay.targets import Resolver, TargetPolicy, resolve_checked, system_resolver
 
@@ -53,6 +54,7 @@ class DialSettings:
     ssl_context: ssl.SSLContext = attrs.field(factory=ssl.create_default_context)
     resolver: Resolver = system_resolver
     max_response_head: int = 64 * 1024
+    keepalive: float = 0.0  # [server] tcp_keepalive for the target connection
 
 
 async def connect_tcp(
@@ -195,6 +197,7 @@ async def open_target(
                 stream = await connect_tcp(addresses, target.port, source_address=source_address)
             except OSError as exc:
                 raise _tcp_error(target, exc) from None
+            hop_keepalive(stream, settings.keepalive)
             stream, sock = adopt_socket(stream)
             if target.secure:
                 stage = "the TLS handshake with the target"

@@ -91,6 +91,7 @@ def dial_settings(
         timeout=config.server.dial_timeout,
         ssl_context=context,
         resolver=resolver,
+        keepalive=config.server.tcp_keepalive,
     )
 
 

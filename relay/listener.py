@@ -20,6 +20,7 @@ from relay.gateway import Gateway
 from relay.handshake import HandshakeError, is_upgrade, server_accept, server_reject
 from relay.hop import RECEIVE_SIZE, adopt_socket
 from relay.httpserver import AsgiServer, ReplayStream
+from relay.keepalive import hop_keepalive
 from relay.session import GatewayFront, new_session
 
 __all__ = ["RELAY_PATH", "handle_connection", "read_request_head"]
@@ -89,6 +90,7 @@ async def handle_connection(
     """
     handed_over = False  # a session closes its own client
     try:
+        hop_keepalive(stream, gateway.config.server.tcp_keepalive)
         if tls is not None:
             secured = await _tls_handshake(stream, tls, gateway.config.server.handshake_timeout)
             if secured is None:

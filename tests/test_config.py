@@ -53,6 +53,7 @@ def test_secrets_are_not_in_reprs() -> None:
         ("[server]\nbind = 'localhost'", "server.bind: must be HOST:PORT"),
         ("[server]\nconnect_timeout = 0", "server.connect_timeout: must be > 0"),
         ("[server]\nconnect_timeout = '10'", "server.connect_timeout: expected a number"),
+        ("[server]\ntcp_keepalive = -1", "server.tcp_keepalive: must be >= 0"),
         ("[targets]\nallow_private = 'yes'", "targets.allow_private: expected true or false"),
         ("[[keys]]\nrate = 1.0", "exactly one of key or key_sha256"),
         (

@@ -21,6 +21,7 @@ from python_socks.async_.trio.v2 import Proxy
 from relay.agents.health import Health, probe
 from relay.closecodes import Outcome, SessionError
 from relay.dial import DialSettings, TargetConnection, os_error_text, start_tls, upgrade
+from relay.keepalive import hop_keepalive
 from relay.protocol import ConnectRequest, TargetURL
 from relay.targets import resolve_checked
 
@@ -207,6 +208,7 @@ class ProxyAgent:
             try:
                 host = await self._destination(target)
                 stream = await self._through_proxy(host, target.port)
+                hop_keepalive(stream, self.settings.keepalive)
                 if target.secure:
                     stage = "the TLS handshake with the target"
                     stream = await start_tls(stream, target.host, self.settings.ssl_context)

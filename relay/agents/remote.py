@@ -15,7 +15,6 @@ retransmission.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -38,6 +37,7 @@ from relay.converter import InputError, loads_json, structure
 from relay.dial import DialSettings, TargetConnection, os_error_text, start_tls, upgrade
 from relay.frames import CLOSE, PING, PONG, TEXT, FrameReader, Violation, encode_frame
 from relay.hop import RECEIVE_SIZE, adopt_socket
+from relay.keepalive import set_keepalive
 from relay.protocol import ConnectRequest, TargetURL, parse_target_url
 
 __all__ = [
@@ -60,25 +60,11 @@ _PASSED_THROUGH = {Outcome.TARGET_FAILED, Outcome.TARGET_NOT_ALLOWED, Outcome.AG
 
 def keep_link_alive(stream: trio.abc.Stream, timeout: float = LINK_TIMEOUT) -> None:
     """Bound how long a silently dropped link goes unnoticed (Linux socket options)."""
-    sock = getattr(stream, "socket", None)
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
     seconds = max(2, int(timeout))
     idle = seconds // 2
-    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    if hasattr(socket, "TCP_KEEPIDLE"):
-        # Probe after `idle` quiet seconds, once a second, give up when they go unanswered.
-        options += [
-            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle),
-            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1),
-            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, seconds - idle),
-        ]
-    if hasattr(socket, "TCP_USER_TIMEOUT"):
-        # Data unacknowledged this long also ends the connection.
-        options.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, seconds * 1000))
-    for level, name, value in options:
-        with contextlib.suppress(OSError):  # best effort where a platform lacks one
-            sock.setsockopt(level, name, value)
+    # Probe after `idle` quiet seconds, once a second; data unacknowledged for
+    # `seconds` also ends the link.
+    set_keepalive(stream, idle=idle, interval=1, probes=seconds - idle, user_timeout=seconds)
 
 
 def link_message(request: ConnectRequest, source_address: str | None = None) -> str:
