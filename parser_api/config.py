@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 import attrs
 from cattrs.gen import make_dict_structure_fn
 
-from relay.converter import FieldError, check, converter
+from relay.converter import FieldError, check, converter, secret_digest, secret_field, sha256_field
 
 __all__ = [
     "DepopSourceConfig",
@@ -27,7 +26,6 @@ __all__ = [
 ]
 
 PROTOCOL_MAX_BATCH = 200
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def _http_url(value: str) -> bool:
@@ -118,19 +116,8 @@ class ParserConfig:
     :meth:`ensure_token`), but :func:`parser_api.app.create_app` refuses it.
     """
 
-    admin_token: str | None = attrs.field(
-        default=None,
-        validator=check(lambda v: v is None or len(v) >= 1, "must not be empty"),
-        repr=False,
-    )
-    admin_token_sha256: str | None = attrs.field(
-        default=None,
-        validator=[
-            check(lambda v: v is None or bool(_HEX64.match(v)), "must be 64 hex digits"),
-            _token_choice,
-        ],
-        repr=False,
-    )
+    admin_token: str | None = secret_field()
+    admin_token_sha256: str | None = sha256_field(_token_choice)
     max_connections: int = attrs.field(
         default=10, validator=check(lambda v: 1 <= v <= 10_000, "must be 1..10000")
     )
@@ -177,11 +164,10 @@ class ParserConfig:
     @property
     def token_digest(self) -> bytes:
         """SHA-256 of the admin token: the only form the server compares against."""
-        if self.admin_token_sha256 is not None:
-            return bytes.fromhex(self.admin_token_sha256)
-        if self.admin_token is None:
+        digest = secret_digest(self.admin_token, self.admin_token_sha256)
+        if digest is None:
             raise ValueError("no admin token configured")
-        return hashlib.sha256(self.admin_token.encode()).digest()
+        return digest
 
     def verify_token(self, candidate: str | None) -> bool:
         """Constant-time check of a presented token (comparing SHA-256 digests)."""

@@ -6,7 +6,6 @@ start-up rather than a default silently kept.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 import secrets
@@ -20,7 +19,16 @@ import attrs
 from cattrs.gen import make_dict_structure_fn
 
 from parser_api.config import ParserConfig
-from relay.converter import FieldError, InputError, check, converter, structure
+from relay.converter import (
+    FieldError,
+    InputError,
+    check,
+    converter,
+    secret_digest,
+    secret_field,
+    sha256_field,
+    structure,
+)
 from relay.protocol import MAX_URL_LENGTH, ConnectLimits, parse_target_url
 from relay.targets import Rules, TargetPolicy, parse_port_range, parse_rule
 
@@ -42,7 +50,6 @@ __all__ = [
 
 DEFAULT_BIND = "127.0.0.1:8080"
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 class ConfigError(Exception):
@@ -186,19 +193,8 @@ def _one_key(instance: Any, _attribute: Any, _value: Any) -> None:
 class KeyConfig:
     """One ``[[keys]]`` entry: an API key (or its SHA-256) and its token bucket."""
 
-    key: str | None = attrs.field(
-        default=None,
-        validator=check(lambda v: v is None or len(v) >= 1, "must not be empty"),
-        repr=False,
-    )
-    key_sha256: str | None = attrs.field(
-        default=None,
-        validator=attrs.validators.and_(
-            check(lambda v: v is None or bool(_HEX64.match(v)), "must be 64 hex digits"),
-            _one_key,
-        ),
-        repr=False,
-    )
+    key: str | None = secret_field()
+    key_sha256: str | None = sha256_field(_one_key)
     rate: float = attrs.field(default=1.0, validator=check(lambda v: v >= 0, "must be >= 0"))
     burst: int = attrs.field(default=10, validator=check(lambda v: v >= 1, "must be >= 1"))
     name: str | None = None  # shown in logs instead of the key
@@ -211,10 +207,9 @@ class KeyConfig:
     @property
     def digest(self) -> bytes:
         """SHA-256 of the key: the only form the gateway keeps."""
-        if self.key_sha256 is not None:
-            return bytes.fromhex(self.key_sha256)
-        assert self.key is not None
-        return hashlib.sha256(self.key.encode()).digest()
+        digest = secret_digest(self.key, self.key_sha256)
+        assert digest is not None  # _one_key: one of them is set
+        return digest
 
     @property
     def key_id(self) -> str:
@@ -434,16 +429,8 @@ DEFAULT_AGENT_BIND = "127.0.0.1:9090"
 class NodeSettings:
     """The ``[agent]`` table of ``relay agent``: who this egress node is and how it dials."""
 
-    token: str | None = attrs.field(
-        default=None,
-        validator=check(lambda v: v is None or len(v) >= 1, "must not be empty"),
-        repr=False,
-    )
-    token_sha256: str | None = attrs.field(
-        default=None,
-        validator=check(lambda v: v is None or bool(_HEX64.match(v)), "must be 64 hex digits"),
-        repr=False,
-    )
+    token: str | None = secret_field()
+    token_sha256: str | None = sha256_field()
     slug: str = attrs.field(
         default="agent", validator=check(lambda v: bool(_SLUG.match(v)), "must be a slug")
     )
@@ -474,11 +461,7 @@ class NodeSettings:
     @property
     def token_digest(self) -> bytes | None:
         """SHA-256 of the token: the only form the node compares."""
-        if self.token_sha256 is not None:
-            return bytes.fromhex(self.token_sha256)
-        if self.token is not None:
-            return hashlib.sha256(self.token.encode()).digest()
-        return None
+        return secret_digest(self.token, self.token_sha256)
 
     def egress(self) -> AgentConfig:
         """This node's own way out, as an agent of kind ``direct`` or ``proxy``."""

@@ -8,11 +8,14 @@ as :class:`InputError` whose message names the offending field.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
 from cattrs.cols import (
     homogenous_tuple_structure_factory,
@@ -32,6 +35,9 @@ __all__ = [
     "converter",
     "loads_json",
     "register_renames",
+    "secret_digest",
+    "secret_field",
+    "sha256_field",
     "structure",
     "wire_name",
 ]
@@ -57,6 +63,39 @@ def check(predicate: Callable[[Any], bool], problem: str) -> Callable[[Any, Any,
             raise FieldError(attribute.name, problem)
 
     return validator
+
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def secret_field() -> Any:
+    """An optional secret (an API key, a token): non-empty when given, never in a repr."""
+    return attrs.field(
+        default=None,
+        validator=check(lambda v: v is None or len(v) >= 1, "must not be empty"),
+        repr=False,
+    )
+
+
+def sha256_field(*validators: Callable[[Any, Any, Any], None]) -> Any:
+    """An optional SHA-256 in hex, given instead of a secret; never in a repr."""
+    return attrs.field(
+        default=None,
+        validator=[
+            check(lambda v: v is None or bool(_HEX64.match(v)), "must be 64 hex digits"),
+            *validators,
+        ],
+        repr=False,
+    )
+
+
+def secret_digest(secret: str | None, sha256_hex: str | None) -> bytes | None:
+    """The SHA-256 a secret is compared by, from the secret or its hex digest."""
+    if sha256_hex is not None:
+        return bytes.fromhex(sha256_hex)
+    if secret is not None:
+        return hashlib.sha256(secret.encode()).digest()
+    return None
 
 
 # attrs field name -> wire name, per class, so errors speak the wire's language.
