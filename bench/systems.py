@@ -62,6 +62,21 @@ class Running:
             self.workdir.cleanup()
 
 
+def _await_port(
+    proc: subprocess.Popen[bytes],
+    port: int,
+    log: Path,
+    workdir: tempfile.TemporaryDirectory[str],
+) -> None:
+    """Until ``proc`` listens on ``port``; if it never does, stop it and remove ``workdir``."""
+    try:
+        wait_port(proc, port, log)
+    except StartError:
+        stop_process(proc)
+        workdir.cleanup()
+        raise
+
+
 def _start_python_peer(name: str, module: str, ctx: Context) -> Running:
     workdir = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
     log = Path(workdir.name) / "log"
@@ -152,12 +167,7 @@ def _relay_start(ctx: Context) -> Running:
     log = tmp / "log"
     with log.open("wb") as fh:
         proc = spawn([*_relay_command(), "serve", "--config", str(config)], ctx.relay_cores, fh)
-    try:
-        wait_port(proc, port, log)
-    except StartError:
-        stop_process(proc)
-        workdir.cleanup()
-        raise
+    _await_port(proc, port, log, workdir)
     url = f"ws://127.0.0.1:{port}/ws"
     return Running(
         "relay", url, connect, procs=[proc], pids=process_tree(proc.pid), workdir=workdir
@@ -235,12 +245,7 @@ def _nginx_start(ctx: Context) -> Running:
     with (tmp / "stderr").open("wb") as fh:
         cmd = [binary, "-p", str(tmp), "-e", str(log), "-c", str(conf)]
         proc = spawn(cmd, ctx.relay_cores, fh)
-    try:
-        wait_port(proc, port, log)
-    except StartError:
-        stop_process(proc)
-        workdir.cleanup()
-        raise
+    _await_port(proc, port, log, workdir)
     pids = process_tree(proc.pid)
     deadline = time.monotonic() + 5
     while len(pids) < 2 and time.monotonic() < deadline:  # wait for the worker to fork
