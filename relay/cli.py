@@ -14,12 +14,12 @@ from typing import TypeVar
 import attrs
 import trio
 
-from relay.agents.node import Node
-from relay.agents.nodecli import TOKEN_ENV, add_agent_parser, build_node_config, run_node
 from relay.config import Config, ConfigError, KeyConfig, load_config, parse_bind
 from relay.limits import open_limits
 from relay.logs import configure_logging
-from relay.memory import tune_malloc
+from relay.malloc import tune_malloc
+from relay.node.cli import TOKEN_ENV, add_agent_parser, build_node_config, run_node
+from relay.node.node import Node
 from relay.ratelimit import LimitsUnavailable
 from relay.server import BoundAddress, run_until_signalled
 from relay.workers import run_workers
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level != "debug":
         # Its retries and dropped connections are reported once, by relay.limits.
         logging.getLogger("coredis").setLevel(logging.WARNING)
-    tune_malloc()  # before any buffer is allocated: see relay/memory.py
+    tune_malloc()  # before any buffer is allocated: see relay/malloc.py
     if args.command == "agent":
         return _agent_main(args)
     try:

@@ -22,7 +22,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from relay.converter import structure
-from relay.protocol import ConnectMessage
+from relay.wire.connect import ConnectMessage
 
 __all__ = ["RelayError", "Relayed", "connect_message", "open_relay"]
 

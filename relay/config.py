@@ -29,8 +29,8 @@ from relay.converter import (
     sha256_field,
     structure,
 )
-from relay.protocol import MAX_URL_LENGTH, ConnectLimits, parse_target_url
 from relay.targets import Rules, TargetPolicy, parse_port_range, parse_rule
+from relay.wire.connect import MAX_URL_LENGTH, ConnectLimits, parse_target_url
 
 __all__ = [
     "AgentConfig",

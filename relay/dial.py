@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from relay.closecodes import Outcome, SessionError
-from relay.handshake import ClientHandshake, HandshakeError
-from relay.hop import RECEIVE_SIZE, adopt_socket
+from relay.dataplane.hop import RECEIVE_SIZE, adopt_socket
 from relay.keepalive import hop_keepalive
-from relay.protocol import ConnectRequest, TargetURL
 from relay.targets import Resolver, TargetPolicy, resolve_checked, system_resolver
+from relay.wire.closecodes import Outcome, SessionError
+from relay.wire.connect import ConnectRequest, TargetURL
+from relay.wire.handshake import ClientHandshake, HandshakeError
 
 __all__ = [
     "DialSettings",

@@ -6,7 +6,8 @@ from typing import Any
 
 import attrs
 
-from relay.closecodes import (
+from relay.converter import wire_name
+from relay.wire.closecodes import (
     GOING_AWAY,
     INTERNAL_ERROR,
     MESSAGE_TOO_BIG,
@@ -15,8 +16,7 @@ from relay.closecodes import (
     PROTOCOL_ERROR,
     TRY_AGAIN_LATER,
 )
-from relay.converter import wire_name
-from relay.protocol import ConnectMessage
+from relay.wire.connect import ConnectMessage
 
 __all__ = ["protocol_document"]
 

@@ -12,14 +12,22 @@ from relay.agents import Agent, AgentPool
 from relay.agents.factory import build_agent
 from relay.auth import KeyStore
 from relay.capacity import Capacity
-from relay.config import Config, NodeConfig
-from relay.dial import DialSettings
-from relay.ratelimit import MemoryRateLimiter, RateLimiter
+from relay.config import Config, NodeConfig, ServerConfig
+from relay.dial import DialSettings, TargetConnection
+from relay.ratelimit import LimitsUnavailable, MemoryRateLimiter, RateLimiter
 from relay.registry import SessionRegistry, Stats
-from relay.slots import MemorySessionSlots, SessionSlots
+from relay.session import Session
+from relay.slots import MemorySessionSlots, SessionClaim, SessionSlots
 from relay.targets import Resolver, system_resolver
+from relay.wire.closecodes import Outcome, SessionError
+from relay.wire.connect import (
+    ConnectRequest,
+    error_message,
+    parse_connect_message,
+    parse_connect_query,
+)
 
-__all__ = ["Gateway", "Stats", "configured_agents", "dial_settings"]
+__all__ = ["Gateway", "GatewayFront", "Stats", "configured_agents", "dial_settings"]
 
 # Stats is re-exported: it moved to relay.registry with the session bookkeeping.
 
@@ -98,3 +106,59 @@ def dial_settings(
 def configured_agents(config: Config, dial: DialSettings) -> list[Agent]:
     """The agents the ``[[agents]]`` tables describe."""
     return [build_agent(agent, dial) for agent in config.agents]
+
+
+@attrs.frozen
+class GatewayFront:
+    """The gateway's ``/ws``: API key, one token, a session slot, an agent by ``geo``/``agent``."""
+
+    gateway: Gateway
+    query: str = ""
+
+    @property
+    def server(self) -> ServerConfig:
+        """The gateway's ``[server]`` settings."""
+        return self.gateway.config.server
+
+    @property
+    def registry(self) -> SessionRegistry:
+        """The gateway itself."""
+        return self.gateway
+
+    def query_request(self) -> ConnectRequest | None:
+        """The ``/ws?url=…`` form."""
+        return parse_connect_query(self.query, self.server.connect_limits)
+
+    def parse(self, text: str) -> ConnectRequest:
+        """A client's connect message."""
+        return parse_connect_message(text, self.server.connect_limits)
+
+    async def open(self, request: ConnectRequest, session: Session) -> TargetConnection:
+        """Authenticate, take a token and a slot, then open the target through an agent
+        (another matching agent is tried when one fails on its own account)."""
+        gateway = self.gateway
+        key = gateway.keys.lookup(request.api_key)
+        if key is None:
+            raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
+        session.key_id = key.key_id
+        claim = session.claim = SessionClaim(gateway.slots, session_id=session.id)
+        try:
+            if not await gateway.limiter.acquire(key):
+                gateway.metrics.rate_limited.inc()
+                raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
+            if not await claim.claim(key):
+                raise SessionError(
+                    Outcome.KEY_SESSION_LIMIT, "Too many concurrent sessions for this API key"
+                )
+        except LimitsUnavailable:
+            # A shared limits backend that fails closed: come back later (1013).
+            raise SessionError(
+                Outcome.OVER_CAPACITY, "Rate limiter unavailable, try again later"
+            ) from None
+        connection, agent = await gateway.agents.open(request)
+        session.agent, session.node_id = agent.slug, agent.node_id
+        return connection
+
+    def error_text(self, error: SessionError) -> str:
+        """The protocol's ``error`` message."""
+        return error_message(error.message)

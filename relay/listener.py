@@ -16,12 +16,12 @@ import ssl
 import h11
 import trio
 
-from relay.gateway import Gateway
-from relay.handshake import HandshakeError, is_upgrade, server_accept, server_reject
-from relay.hop import RECEIVE_SIZE, adopt_socket
+from relay.dataplane.hop import RECEIVE_SIZE, adopt_socket
+from relay.gateway import Gateway, GatewayFront
 from relay.httpserver import AsgiServer, ReplayStream
 from relay.keepalive import hop_keepalive
-from relay.session import GatewayFront, new_session
+from relay.session import new_session
+from relay.wire.handshake import HandshakeError, is_upgrade, server_accept, server_reject
 
 __all__ = ["RELAY_PATH", "handle_connection", "read_request_head"]
 

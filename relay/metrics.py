@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from relay.closecodes import Outcome
+from relay.wire.closecodes import Outcome
 
 __all__ = ["CONTENT_TYPE", "Metrics", "TrafficSource", "code_label"]
 

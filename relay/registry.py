@@ -11,8 +11,8 @@ from typing import Protocol
 import attrs
 import trio
 
-from relay.closecodes import Outcome
 from relay.metrics import Metrics
+from relay.wire.closecodes import Outcome
 
 __all__ = ["LiveSession", "SessionRegistry", "Stats"]
 

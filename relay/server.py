@@ -17,11 +17,11 @@ from parser_api.protocol import ENDPOINT as PARSER_PATH
 from relay.agents.health import run_health_checks
 from relay.asgi import ASGIApp, GatewayApp
 from relay.config import Config
-from relay.egress import agent_egress
 from relay.gateway import Gateway
 from relay.httpserver import AsgiServer
 from relay.limits import open_limits
 from relay.listener import handle_connection
+from relay.parser_egress import agent_egress
 
 __all__ = ["BoundAddress", "run_until_signalled", "serve"]
 

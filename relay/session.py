@@ -1,12 +1,12 @@
 """One relay session, from the client's 101 to both connections closed.
 
 The session owns everything it opens: the connect deadline, the target
-connection, the pumps (in :func:`relay.pumps.relay_frames`) and the closing.
+connection, the pumps (in :func:`relay.dataplane.pumps.relay_frames`) and the closing.
 Nothing raised here leaves the session except cancellation.
 
 The same machinery serves two front doors (:class:`Front`): the gateway's
 ``/ws`` (API key, token bucket, agent choice) and a ``relay agent``'s
-``/agent`` link, whose client is a gateway (relay/agents/node.py).
+``/agent`` link, whose client is a gateway (relay/node/node.py).
 """
 
 from __future__ import annotations
@@ -17,15 +17,23 @@ import socket
 import time
 from typing import Any, Protocol
 
-import attrs
 import trio
 
-from relay.closecodes import Outcome, SessionError, echo_code
-from relay.closing import close_hop, end_relay, refuse
 from relay.config import ServerConfig
 from relay.converter import InputError
+from relay.dataplane.closing import close_hop, end_relay, refuse
+from relay.dataplane.hop import Hop
+from relay.dataplane.pumps import Ending, RelayWatch, relay_frames
 from relay.dial import TargetConnection
-from relay.frames import (
+from relay.logs import fields
+from relay.registry import SessionRegistry
+from relay.slots import SessionClaim
+from relay.wire.closecodes import Outcome, SessionError, echo_code
+from relay.wire.connect import (
+    ConnectRequest,
+    connected_message,
+)
+from relay.wire.frames import (
     BINARY,
     CLOSE,
     CONTINUATION,
@@ -37,22 +45,8 @@ from relay.frames import (
     Violation,
     parse_close_payload,
 )
-from relay.gateway import Gateway
-from relay.hop import Hop
-from relay.logs import fields
-from relay.protocol import (
-    ConnectRequest,
-    connected_message,
-    error_message,
-    parse_connect_message,
-    parse_connect_query,
-)
-from relay.pumps import Ending, RelayWatch, relay_frames
-from relay.ratelimit import LimitsUnavailable
-from relay.registry import SessionRegistry
-from relay.slots import SessionClaim
 
-__all__ = ["Front", "GatewayFront", "Session", "new_session", "run_session", "serve_session"]
+__all__ = ["Front", "Session", "new_session", "serve_session"]
 
 log = logging.getLogger("relay.session")
 
@@ -85,62 +79,6 @@ class Front(Protocol):
     def error_text(self, error: SessionError) -> str:
         """The text frame that tells the client why there is no session."""
         ...
-
-
-@attrs.frozen
-class GatewayFront:
-    """The gateway's ``/ws``: API key, one token, a session slot, an agent by ``geo``/``agent``."""
-
-    gateway: Gateway
-    query: str = ""
-
-    @property
-    def server(self) -> ServerConfig:
-        """The gateway's ``[server]`` settings."""
-        return self.gateway.config.server
-
-    @property
-    def registry(self) -> SessionRegistry:
-        """The gateway itself."""
-        return self.gateway
-
-    def query_request(self) -> ConnectRequest | None:
-        """The ``/ws?url=…`` form."""
-        return parse_connect_query(self.query, self.server.connect_limits)
-
-    def parse(self, text: str) -> ConnectRequest:
-        """A client's connect message."""
-        return parse_connect_message(text, self.server.connect_limits)
-
-    async def open(self, request: ConnectRequest, session: Session) -> TargetConnection:
-        """Authenticate, take a token and a slot, then open the target through an agent
-        (another matching agent is tried when one fails on its own account)."""
-        gateway = self.gateway
-        key = gateway.keys.lookup(request.api_key)
-        if key is None:
-            raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
-        session.key_id = key.key_id
-        claim = session.claim = SessionClaim(gateway.slots, session_id=session.id)
-        try:
-            if not await gateway.limiter.acquire(key):
-                gateway.metrics.rate_limited.inc()
-                raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
-            if not await claim.claim(key):
-                raise SessionError(
-                    Outcome.KEY_SESSION_LIMIT, "Too many concurrent sessions for this API key"
-                )
-        except LimitsUnavailable:
-            # A shared limits backend that fails closed: come back later (1013).
-            raise SessionError(
-                Outcome.OVER_CAPACITY, "Rate limiter unavailable, try again later"
-            ) from None
-        connection, agent = await gateway.agents.open(request)
-        session.agent, session.node_id = agent.slug, agent.node_id
-        return connection
-
-    def error_text(self, error: SessionError) -> str:
-        """The protocol's ``error`` message."""
-        return error_message(error.message)
 
 
 async def _read_connect_message(client: Hop, max_size: int) -> str | None:
@@ -438,15 +376,3 @@ async def serve_session(
 ) -> None:
     """Serve one client of ``front`` to the end (see :func:`new_session`)."""
     await new_session(front, stream, pending=pending, sock=sock).run()
-
-
-async def run_session(
-    gateway: Gateway,
-    stream: trio.abc.Stream,
-    *,
-    query: str,
-    pending: bytes,
-    sock: socket.socket | None = None,
-) -> None:
-    """Serve one ``/ws`` client whose WebSocket handshake has completed on ``stream``."""
-    await serve_session(GatewayFront(gateway, query), stream, pending=pending, sock=sock)

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import attrs
 import trio
 
-from relay.closecodes import Outcome, SessionError
+from relay.wire.closecodes import Outcome, SessionError
 
 __all__ = [
     "HostPattern",

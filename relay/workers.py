@@ -28,7 +28,7 @@ import trio
 from relay.config import Config, config_from_dict
 from relay.converter import converter
 from relay.logs import configure_logging
-from relay.memory import tune_malloc
+from relay.malloc import tune_malloc
 from relay.server import BoundAddress, run_until_signalled
 
 __all__ = ["reserve_port", "run_workers"]

@@ -8,7 +8,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.frames import (
+from relay.wire.frames import (
     BINARY,
     CLOSE,
     CONTINUATION,
@@ -23,7 +23,7 @@ from relay.frames import (
     encode_frame,
     parse_close_payload,
 )
-from relay.mask import xor_region
+from relay.wire.mask import xor_region
 
 
 def _frames(data: bytes, *, from_client: bool) -> list[Frame]:

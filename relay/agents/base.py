@@ -8,9 +8,9 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from relay.closecodes import Outcome, SessionError
 from relay.dial import TargetConnection
-from relay.protocol import ConnectRequest, parse_target_url
+from relay.wire.closecodes import Outcome, SessionError
+from relay.wire.connect import ConnectRequest, parse_target_url
 
 __all__ = ["MAX_ATTEMPTS", "Agent", "AgentPool", "plain_request"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from relay.dial import DialSettings, TargetConnection, open_target
-from relay.protocol import ConnectRequest
+from relay.wire.connect import ConnectRequest
 
 __all__ = ["DirectAgent"]
 

@@ -18,9 +18,9 @@ import attrs
 import trio
 
 from relay.agents.base import Agent, plain_request
-from relay.closecodes import NORMAL, SessionError
-from relay.frames import FrameReader
-from relay.hop import RECEIVE_SIZE, Hop
+from relay.dataplane.hop import RECEIVE_SIZE, Hop
+from relay.wire.closecodes import NORMAL, SessionError
+from relay.wire.frames import FrameReader
 
 __all__ = ["Checked", "Health", "probe", "run_health_checks", "watch"]
 

@@ -19,11 +19,11 @@ from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, Pr
 from python_socks.async_.trio.v2 import Proxy
 
 from relay.agents.health import Health, probe
-from relay.closecodes import Outcome, SessionError
 from relay.dial import DialSettings, TargetConnection, os_error_text, start_tls, upgrade
 from relay.keepalive import hop_keepalive
-from relay.protocol import ConnectRequest, TargetURL
 from relay.targets import resolve_checked
+from relay.wire.closecodes import Outcome, SessionError
+from relay.wire.connect import ConnectRequest, TargetURL
 
 __all__ = ["ProxyAgent", "ProxyURL"]
 

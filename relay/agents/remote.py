@@ -32,13 +32,13 @@ from trio_websocket import (
 
 from relay.agents.base import plain_request
 from relay.agents.health import Health, probe
-from relay.closecodes import Outcome, SessionError
 from relay.converter import InputError, loads_json, structure
+from relay.dataplane.hop import RECEIVE_SIZE, adopt_socket
 from relay.dial import DialSettings, TargetConnection, os_error_text, start_tls, upgrade
-from relay.frames import CLOSE, PING, PONG, TEXT, FrameReader, Violation, encode_frame
-from relay.hop import RECEIVE_SIZE, adopt_socket
 from relay.keepalive import set_keepalive
-from relay.protocol import ConnectRequest, TargetURL, parse_target_url
+from relay.wire.closecodes import Outcome, SessionError
+from relay.wire.connect import ConnectRequest, TargetURL, parse_target_url
+from relay.wire.frames import CLOSE, PING, PONG, TEXT, FrameReader, Violation, encode_frame
 
 __all__ = [
     "LINK_TIMEOUT",

@@ -10,8 +10,8 @@ import trio
 import trustme
 
 from relay.agents.health import Health
-from relay.agents.node import NodeAddress, serve_node
 from relay.config import NodeConfig, NodeSettings, ServerConfig, TargetsConfig
+from relay.node.node import NodeAddress, serve_node
 from tests.support.target import TargetServer
 
 TOKEN = "agent-secret-7f3a"

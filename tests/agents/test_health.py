@@ -11,9 +11,9 @@ import trio.testing
 
 from relay.agents.base import AgentPool
 from relay.agents.health import MIN_GAP, Health, run_health_checks
-from relay.closecodes import Outcome, SessionError
 from relay.dial import TargetConnection
-from relay.protocol import ConnectRequest, parse_connect_message
+from relay.wire.closecodes import Outcome, SessionError
+from relay.wire.connect import ConnectRequest, parse_connect_message
 
 
 @attrs.define

@@ -15,10 +15,10 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 from relay.agents.base import plain_request
 from relay.agents.remote import RemoteAgent, link_message
 from relay.client import RelayError, open_relay
-from relay.closecodes import SessionError
 from relay.config import AgentConfig
 from relay.gateway import dial_settings
-from relay.protocol import parse_connect_message
+from relay.wire.closecodes import SessionError
+from relay.wire.connect import parse_connect_message
 from tests.agents.conftest import TOKEN, start_node, until_state
 from tests.support.gateway import KEY, make_config, start_gateway
 from tests.support.proxies import microsocks

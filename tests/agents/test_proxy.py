@@ -19,8 +19,8 @@ import trustme
 from relay.agents.base import plain_request
 from relay.agents.proxy import ProxyAgent, ProxyURL
 from relay.client import RelayError, open_relay
-from relay.closecodes import Outcome, SessionError
 from relay.config import AgentConfig
+from relay.wire.closecodes import Outcome, SessionError
 from tests.agents.conftest import healthz, server_context, until_state
 from tests.support.gateway import KEY, make_config, start_gateway
 from tests.support.proxies import free_port, microsocks, tinyproxy, tls_front

@@ -18,8 +18,8 @@ from trio_websocket import ConnectionClosed
 from relay.agents.base import plain_request
 from relay.agents.remote import RemoteAgent
 from relay.client import RelayError, open_relay
-from relay.closecodes import SessionError
 from relay.config import AgentConfig, config_from_dict
+from relay.wire.closecodes import SessionError
 from tests.agents.conftest import TOKEN, healthz, start_node, until_state
 from tests.support.gateway import KEY, make_config, start_gateway
 from tests.support.process import relay_process

@@ -10,7 +10,7 @@ import os
 import trio
 
 from relay.client import open_relay
-from relay.frames import BINARY, encode_frame
+from relay.wire.frames import BINARY, encode_frame
 from tests.faults.misbehaving import Misbehaving, accept_websocket
 from tests.support import wsp
 from tests.support.process import relay_process

@@ -13,7 +13,7 @@ import pytest
 import trio
 from wsproto.utilities import LocalProtocolError
 
-from relay.frames import BINARY, TEXT
+from relay.wire.frames import BINARY, TEXT
 from tests.faults.misbehaving import Misbehaving, accept_websocket, frame_head, reset
 from tests.support import wsp
 from tests.support.conditions import eventually

@@ -18,9 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.converter import InputError
-from relay.handshake import ClientHandshake
-from relay.protocol import ConnectLimits, ConnectRequest, parse_connect_message, parse_connect_query
 from relay.targets import TargetPolicy
+from relay.wire.connect import (
+    ConnectLimits,
+    ConnectRequest,
+    parse_connect_message,
+    parse_connect_query,
+)
+from relay.wire.handshake import ClientHandshake
 
 FIELDS = ("apiKey", "key", "url", "headers", "cookies", "geo", "agent", "idle_timeout")
 _FIELD = "|".join(FIELDS)

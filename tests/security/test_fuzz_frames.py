@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsproto.utilities import LocalProtocolError
 
-from relay.frames import (
+from relay.wire.frames import (
     BINARY,
     CONTINUATION,
     HOLD_LIMIT,

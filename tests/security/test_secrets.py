@@ -19,7 +19,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from relay.auth import KeyStore
 from relay.client import open_relay
 from relay.config import KeyConfig, TargetsConfig
-from relay.protocol import parse_connect_message
+from relay.wire.connect import parse_connect_message
 from tests.support import wsp
 from tests.support.conditions import eventually
 from tests.support.gateway import Running, make_config, refusal, start_gateway

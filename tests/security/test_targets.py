@@ -16,7 +16,6 @@ import pytest
 import trio
 
 from relay.client import open_relay
-from relay.closecodes import Outcome, SessionError
 from relay.config import Config, TargetsConfig
 from relay.targets import (
     HostPattern,
@@ -27,6 +26,7 @@ from relay.targets import (
     parse_rule,
     resolve_checked,
 )
+from relay.wire.closecodes import Outcome, SessionError
 from tests.support.gateway import KEY, connect_json, make_config, refusal, start_gateway
 from tests.support.target import TargetServer
 

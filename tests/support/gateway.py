@@ -22,9 +22,9 @@ from relay.dial import TargetConnection, upgrade
 from relay.gateway import Gateway
 from relay.httpserver import AsgiServer
 from relay.listener import handle_connection
-from relay.protocol import ConnectRequest
 from relay.server import BoundAddress, serve
 from relay.targets import Resolver, system_resolver
+from relay.wire.connect import ConnectRequest
 from tests.support.target import TargetServer
 
 KEY = "test-key"

@@ -17,7 +17,7 @@ import logging
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_malloc"]
 
-log = logging.getLogger("relay.memory")
+log = logging.getLogger("relay.malloc")
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from relay.closecodes import Outcome
-from relay.frames import CloseFrame, Violation
-from relay.hop import Hop
+from relay.dataplane.hop import Hop
+from relay.wire.closecodes import Outcome
+from relay.wire.frames import CloseFrame, Violation
 
 __all__ = ["Ending", "RelayWatch", "pump", "relay_frames"]
 

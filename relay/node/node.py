@@ -26,19 +26,19 @@ import trio
 from relay.agents.base import Agent
 from relay.agents.factory import build_agent
 from relay.agents.remote import keep_link_alive
-from relay.closecodes import NORMAL, SessionError
 from relay.config import NodeConfig, ServerConfig, valid_ip
 from relay.converter import check, loads_json, structure
+from relay.dataplane.hop import RECEIVE_SIZE, Hop, adopt_socket
 from relay.dial import TargetConnection
-from relay.frames import TEXT, FrameReader
 from relay.gateway import dial_settings
-from relay.handshake import HandshakeError, is_upgrade, server_accept, server_reject
-from relay.hop import RECEIVE_SIZE, Hop, adopt_socket
 from relay.listener import read_request_head
-from relay.protocol import ConnectRequest, parse_connect_message
 from relay.registry import SessionRegistry
 from relay.session import Session, serve_session
 from relay.targets import Resolver, system_resolver
+from relay.wire.closecodes import NORMAL, SessionError
+from relay.wire.connect import ConnectRequest, parse_connect_message
+from relay.wire.frames import TEXT, FrameReader
+from relay.wire.handshake import HandshakeError, is_upgrade, server_accept, server_reject
 
 __all__ = ["HEALTH_PATH", "LINK_PATH", "Node", "NodeAddress", "handle_link", "serve_node"]
 

@@ -2,7 +2,7 @@
 
 The rules (docs/architecture.md, "Closing"): a side that closed first and was
 never answered gets its own code back; otherwise the outcome's code from
-:mod:`relay.closecodes`; a side that cannot take a frame (gone, a send cut
+:mod:`relay.wire.closecodes`; a side that cannot take a frame (gone, a send cut
 short, half of a streamed frame sent to it) is simply disconnected; a side
 that was sent a close is given ``grace`` seconds to answer.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import trio
 
-from relay.closecodes import Outcome, SessionError, code_for, echo_code, reason_for
-from relay.frames import TEXT, CloseFrame
-from relay.hop import Hop
-from relay.pumps import Ending
+from relay.dataplane.hop import Hop
+from relay.dataplane.pumps import Ending
+from relay.wire.closecodes import Outcome, SessionError, code_for, echo_code, reason_for
+from relay.wire.frames import TEXT, CloseFrame
 
 __all__ = ["close_hop", "end_relay", "refuse"]
 

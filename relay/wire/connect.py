@@ -27,7 +27,7 @@ from relay.converter import (
     register_renames,
     structure,
 )
-from relay.handshake import forbidden_header
+from relay.wire.handshake import forbidden_header
 
 __all__ = [
     "ConnectLimits",

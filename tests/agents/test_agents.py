@@ -10,11 +10,11 @@ from trio_websocket import ConnectionClosed
 
 from relay.agents.base import Agent, AgentPool
 from relay.client import open_relay
-from relay.closecodes import Outcome, SessionError
 from relay.config import AgentConfig
 from relay.dial import TargetConnection
 from relay.gateway import configured_agents, dial_settings
-from relay.protocol import ConnectRequest, parse_connect_message
+from relay.wire.closecodes import Outcome, SessionError
+from relay.wire.connect import ConnectRequest, parse_connect_message
 from tests.support.gateway import KEY, connect_json, make_config, refusal, start_gateway
 from tests.support.target import TargetServer
 

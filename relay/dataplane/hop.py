@@ -11,17 +11,16 @@ import socket
 
 import trio
 
-from relay.frames import (
+from relay.wire.frames import (
     CLOSE,
-    MASK_KEYS,
     CloseFrame,
     FrameReader,
     FrameRelay,
-    MaskKeys,
     Violation,
     encode_close,
     encode_frame,
 )
+from relay.wire.mask import MASK_KEYS, MaskKeys
 
 __all__ = ["RECEIVE_SIZE", "Hop", "adopt_socket"]
 
