@@ -6,6 +6,13 @@ It echoes frame by frame (FIN bit and opcode kept), so fragmented messages come
 back fragmented and a 1 MiB message is streamed back as it arrives instead of
 being buffered whole: per read it unmasks what arrived with one C-speed XOR and
 answers with one write.
+
+Two options make it the target of the bench's other variants: ``--cert``/``--key``
+serve ``wss://`` (``--tls-log`` records each negotiated protocol and cipher suite
+once), and a connection whose request path starts with ``/whole`` gets each data
+frame back in one write once it has arrived in full, as an echo built on a
+WebSocket library (Node ``ws``) does: a 1 MiB message then leaves in one 1 MiB
+send instead of one send per read.
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from typing import cast
+from typing import ClassVar, cast
 
 from bench.osutil import raise_nofile, run_loop
+from bench.tls import describe, server_context
 from bench.wsframes import CLOSE, PING, apply_mask, frame_header, parse_header, server_response
 
 _MAX_HEAD = 65536
@@ -28,6 +36,9 @@ class EchoProtocol(asyncio.Protocol):
     # False: one write per echoed frame, the segment pattern of an ordinary server;
     # True: everything echoed from one read goes out in one write.
     coalesce = False
+    # Where to record negotiated TLS parameters, and those already recorded.
+    tls_log: ClassVar[str | None] = None
+    tls_seen: ClassVar[set[str]] = set()
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -36,11 +47,18 @@ class EchoProtocol(asyncio.Protocol):
         self.remaining = 0  # payload bytes of the current data frame still to come
         self.mask: bytes | None = None
         self.phase = 0
+        self.whole = False  # /whole: each data frame echoed in one write once complete
+        self.body: list[bytes] = []  # that frame's header and payload so far
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep the transport."""
+        """Keep the transport; note a TLS connection's protocol and suite."""
         # uvloop's transports do not subclass asyncio.Transport, so no isinstance check.
         self.transport = cast(asyncio.Transport, transport)
+        negotiated = describe(transport.get_extra_info("ssl_object"))
+        if negotiated and self.tls_log and negotiated not in self.tls_seen:
+            self.tls_seen.add(negotiated)
+            with open(self.tls_log, "a") as fh:
+                fh.write(negotiated + "\n")
 
     def _unmask(self, chunk: memoryview) -> bytes:
         mask = self.mask
@@ -58,7 +76,10 @@ class EchoProtocol(asyncio.Protocol):
             if len(self.pending) > _MAX_HEAD:
                 self._reject()
             return None
-        response = server_response(bytes(self.pending[:end]))
+        head = bytes(self.pending[:end])
+        target = head.split(b"\r\n", 1)[0].split(b" ")
+        self.whole = len(target) > 1 and target[1].startswith(b"/whole")
+        response = server_response(head)
         if response is None:
             self._reject()
             return None
@@ -87,9 +108,15 @@ class EchoProtocol(asyncio.Protocol):
         pos = 0
         if self.remaining:
             take = min(self.remaining, n)
-            out.append(self._unmask(view[:take]))
+            piece = self._unmask(view[:take])
             self.remaining -= take
             pos = take
+            if not self.whole:
+                out.append(piece)
+            else:
+                self.body.append(piece)
+                if not self.remaining:
+                    self._write_whole(out)
         elif self.pending:
             data = bytes(self.pending) + data
             self.pending.clear()
@@ -138,10 +165,19 @@ class EchoProtocol(asyncio.Protocol):
                     out.append(frame_header(0x8A, length) + payload)
                 pos = start + length
                 continue
-            out.append(frame_header(first, length))
             self.mask = mask
             self.phase = 0
             take = min(length, n - start)
+            if self.whole:
+                self.body = [frame_header(first, length)]
+                if take:
+                    self.body.append(self._unmask(view[start : start + take]))
+                self.remaining = length - take
+                pos = start + take
+                if not self.remaining:
+                    self._write_whole(out)
+                continue
+            out.append(frame_header(first, length))
             if take:
                 out.append(self._unmask(view[start : start + take]))
             self.remaining = length - take
@@ -150,6 +186,14 @@ class EchoProtocol(asyncio.Protocol):
                 self._flush(out)
                 out = []
         self._flush(out)
+
+    def _write_whole(self, out: list[bytes]) -> None:
+        """Send what is queued, then the completed frame in one write."""
+        self._flush(out)
+        out.clear()
+        assert self.transport is not None
+        self.transport.write(b"".join(self.body))
+        self.body = []
 
     def _flush(self, out: list[bytes]) -> None:
         if not out or self.transport is None:
@@ -162,11 +206,20 @@ class EchoProtocol(asyncio.Protocol):
             self.transport.writelines(out)
 
 
-async def serve(host: str, port: int, coalesce: bool = False) -> None:
-    """Listen on ``host:port`` (0 picks a port), announce it, and serve forever."""
+async def serve(
+    host: str,
+    port: int,
+    coalesce: bool = False,
+    tls: tuple[str, str] | None = None,
+    tls_log: str | None = None,
+) -> None:
+    """Listen on ``host:port`` (0 picks a port), announce it, and serve forever;
+    ``tls`` is a (certificate, key) pair: serve ``wss://``."""
     EchoProtocol.coalesce = coalesce
+    EchoProtocol.tls_log = tls_log
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(EchoProtocol, host, port, backlog=4096)
+    context = server_context(*tls) if tls else None
+    server = await loop.create_server(EchoProtocol, host, port, backlog=4096, ssl=context)
     bound = server.sockets[0].getsockname()[1]
     sys.stdout.write(f"READY {bound}\n")
     sys.stdout.flush()
@@ -180,10 +233,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--coalesce", action="store_true", help="one write per read")
+    parser.add_argument("--cert", help="PEM certificate chain: serve wss://")
+    parser.add_argument("--key", help="its private key")
+    parser.add_argument("--tls-log", help="append each negotiated protocol and suite here")
     args = parser.parse_args(argv)
     raise_nofile()
+    tls = (args.cert, args.key) if args.cert else None
     with contextlib.suppress(KeyboardInterrupt):
-        run_loop(serve(args.host, args.port, args.coalesce))
+        run_loop(serve(args.host, args.port, args.coalesce, tls, args.tls_log))
 
 
 if __name__ == "__main__":

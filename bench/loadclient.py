@@ -17,6 +17,7 @@ from array import array
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from bench.tls import client_context, describe
 from bench.wsframes import CLOSE, PING, apply_mask, client_request, encode_frame, parse_header
 
 __all__ = ["Conn", "ConnectError", "Endpoint", "open_conn"]
@@ -27,9 +28,12 @@ class ConnectError(Exception):
 
 
 class Endpoint:
-    """Where and how to connect: a ws:// or wss:// URL plus an optional connect message."""
+    """Where and how to connect: a ws:// or wss:// URL plus an optional connect message;
+    ``ca_file`` is trusted besides the system's CAs (the bench's test CA)."""
 
-    def __init__(self, url: str, connect: dict[str, Any] | None) -> None:
+    def __init__(
+        self, url: str, connect: dict[str, Any] | None, ca_file: str | None = None
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss"):
             raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
@@ -38,7 +42,7 @@ class Endpoint:
         self.port = parts.port or (443 if parts.scheme == "wss" else 80)
         self.netloc = parts.netloc
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.ssl = ssl.create_default_context() if parts.scheme == "wss" else None
+        self.ssl: ssl.SSLContext | None = client_context(ca_file) if parts.scheme == "wss" else None
         self.connect_frame = (
             encode_frame(0x1, json.dumps(connect).encode(), masked=True) if connect else None
         )
@@ -70,12 +74,14 @@ class Conn(asyncio.Protocol):
         self.window = 0
         self.samples: array[int] | None = None
         self.t_sent = 0
+        self.tls: str | None = None  # "TLSv1.3 TLS_AES_128_GCM_SHA256" on wss://
 
     # -- connection set-up -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Send the upgrade request."""
         # uvloop's transports do not subclass asyncio.Transport, so no isinstance check.
         self.transport = cast(asyncio.Transport, transport)
+        self.tls = describe(transport.get_extra_info("ssl_object"))
         self.transport.write(self.request)
 
     def connection_lost(self, exc: Exception | None) -> None:

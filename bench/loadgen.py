@@ -137,6 +137,7 @@ async def throughput(cmd: dict[str, Any], endpoint: Endpoint) -> Result:
     res = win.result(a, b)
     res["mb_per_s"] = res["rate"] * size / 1e6
     res["closed_early"] = sum(c.closed for c in conns)
+    res["tls"] = conns[0].tls if conns else None
     return res
 
 
@@ -220,6 +221,7 @@ async def connect_rate(cmd: dict[str, Any], endpoint: Endpoint) -> Result:
     opened = 0
     failed = 0
     errors: list[str] = []
+    negotiated: list[str | None] = []
 
     async def opener() -> None:
         nonlocal opened, failed
@@ -232,6 +234,8 @@ async def connect_rate(cmd: dict[str, Any], endpoint: Endpoint) -> Result:
                 await asyncio.sleep(0.01)
                 continue
             opened += 1
+            if not negotiated:
+                negotiated.append(conn.tls)
             conn.stop(graceful=True)
 
     win = Window(cmd)
@@ -248,6 +252,7 @@ async def connect_rate(cmd: dict[str, Any], endpoint: Endpoint) -> Result:
         await asyncio.gather(*tasks, return_exceptions=True)
     res = win.result(a, b)
     res["failed"] = failed
+    res["tls"] = negotiated[0] if negotiated else None
     if errors:
         res["first_error"] = errors[0]
     return res
@@ -263,7 +268,7 @@ SCENARIOS = {
 
 async def run_command(cmd: dict[str, Any]) -> Result:
     """Run one measurement; failures come back as ``{"error": ...}``."""
-    endpoint = Endpoint(cmd["url"], cmd.get("connect"))
+    endpoint = Endpoint(cmd["url"], cmd.get("connect"), cmd.get("ca_file"))
     try:
         return await SCENARIOS[cmd["scenario"]](cmd, endpoint)
     except (ConnectError, OSError) as exc:

@@ -57,16 +57,18 @@ def spawn(
     *,
     stdin: int | None = None,
     load_side: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``cmd`` pinned to ``cores`` with a raised fd limit; stdout is a pipe.
-    ``load_side`` processes get the malloc settings above."""
+    ``load_side`` processes get the malloc settings above; ``env`` is added to the
+    environment (a TLS run's OpenSSL config)."""
     pin = ",".join(str(c) for c in sorted(cores)) if cores else "-"
     return subprocess.Popen(
         [sys.executable, "-m", "bench.pin", pin, "--", *cmd],
         stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=log,
-        env=_env(LOAD_MALLOC_ENV if load_side else None),
+        env=_env({**(LOAD_MALLOC_ENV if load_side else {}), **(env or {})}),
     )
 
 
