@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 DEFAULT_BIND = "127.0.0.1:8080"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -124,6 +125,15 @@ class ServerConfig:
     max_handshakes: int = attrs.field(
         default=2048, validator=check(lambda v: v >= 1, "must be >= 1")
     )
+    # Log threshold when --log-level is not given; re-read on reload.
+    log_level: str | None = attrs.field(
+        default=None,
+        validator=check(
+            lambda v: v is None or v in LOG_LEVELS, "must be 'debug', 'info', 'warning' or 'error'"
+        ),
+    )
+    # On reload, end open sessions of keys no longer configured (1008 "API key revoked").
+    end_revoked: bool = False
 
     @property
     def connect_limits(self) -> ConnectLimits:

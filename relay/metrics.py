@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
+import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from relay.wire.closecodes import Outcome
 
-__all__ = ["CONTENT_TYPE", "Metrics", "TrafficSource", "code_label"]
+__all__ = ["CONTENT_TYPE", "Metrics", "TrafficSource", "code_label", "trio_task_count"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DIRECTIONS = ("client_to_target", "target_to_client")
@@ -84,6 +85,37 @@ class _TrafficCollector(Collector):
             "Failed calls to the shared limits backend (Redis)",
             value=metrics.backend_errors(),
         )
+
+
+def trio_task_count() -> int | None:
+    """Tasks alive in the calling Trio run (walked from the root task); None outside Trio.
+
+    A leak of tasks (a session's pump, a health check of a removed agent)
+    shows here long before it shows in memory.
+    """
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        return None
+    if root is None:
+        return None
+    count = 0
+    pending = [root]
+    while pending:
+        task = pending.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
+
+
+class _TaskCollector(Collector):
+    def collect(self) -> Iterator[Metric]:
+        count = trio_task_count()
+        if count is not None:
+            yield GaugeMetricFamily(
+                "relay_trio_tasks", "Trio tasks alive in this process", value=count
+            )
 
 
 class ParserStats(Protocol):
@@ -164,6 +196,14 @@ class Metrics:
             "Connects refused by a key's token bucket",
             registry=self.registry,
         )
+        self.reloads = Counter(
+            "relay_config_reloads",
+            "Configuration reloads (SIGHUP, relay reload), by result: ok, or invalid",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("ok", "invalid"):
+            self.reloads.labels(result)
         self.dial_seconds = Histogram(
             "relay_dial_seconds",
             "Time to open the target WebSocket (resolve, connect, TLS, upgrade)",
@@ -171,6 +211,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_TrafficCollector(self))
+        self.registry.register(_TaskCollector())
 
     def watch_parser(self, app: ParserStats) -> None:
         """Export the parser API's counters too."""

@@ -9,6 +9,7 @@ single-process backend behind the :class:`RateLimiter` interface
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from typing import Protocol
 
 import attrs
@@ -75,10 +76,21 @@ class MemoryRateLimiter:
     def __init__(self) -> None:
         self._buckets: dict[bytes, TokenBucket] = {}
 
+    def __len__(self) -> int:
+        return len(self._buckets)
+
     async def acquire(self, key: KeyConfig) -> bool:
         """Take one token for ``key``; False when its bucket is empty."""
         now = trio.current_time()
         bucket = self._buckets.get(key.digest)
         if bucket is None:
             bucket = self._buckets[key.digest] = TokenBucket.full(key.rate, key.burst, now)
+        else:
+            # The key's current limits (a reload may have changed them); its tokens stay.
+            bucket.rate, bucket.burst = key.rate, key.burst
         return bucket.take(now)
+
+    def retain(self, digests: Collection[bytes]) -> None:
+        """Forget the buckets of keys not in ``digests`` (revoked by a reload)."""
+        for digest in [d for d in self._buckets if d not in digests]:
+            del self._buckets[digest]

@@ -64,6 +64,10 @@ class AgentPool:
         """Every configured agent, healthy or not."""
         return tuple(self._agents)
 
+    def replace(self, agents: Iterable[Agent]) -> None:
+        """Select among ``agents`` from now on (a reload); dials already made are unaffected."""
+        self._agents = list(agents)
+
     def candidates(self, request: ConnectRequest) -> list[Agent]:
         """Healthy agents matching the request's pins and countries, in random order."""
         pinned = set(request.agents)

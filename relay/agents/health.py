@@ -1,7 +1,8 @@
 """Background health checks: agents that fail them leave selection until they pass again.
 
-Each checked agent (``proxy``, ``remote``) gets one task in the server's
-nursery that runs the agent's own check — a real round trip — under its
+Each checked agent (``proxy``, ``remote``) gets one task, in its own cancel
+scope inside :class:`HealthChecks`' nursery (owned by the server), that
+runs the agent's own check — a real round trip — under its
 ``health_timeout``, then sleeps ``health_interval`` or until a failed dial
 asks for an early check.  A check that raises anything counts as failed: one
 broken agent must never take the server down.
@@ -22,7 +23,7 @@ from relay.dataplane.hop import RECEIVE_SIZE, Hop
 from relay.wire.closecodes import NORMAL, SessionError
 from relay.wire.frames import FrameReader
 
-__all__ = ["Checked", "Health", "probe", "run_health_checks", "watch"]
+__all__ = ["Checked", "Health", "HealthChecks", "probe", "run_health_checks", "watch"]
 
 log = logging.getLogger("relay.health")
 
@@ -120,15 +121,72 @@ async def watch(agent: Checked) -> None:
         await trio.sleep_until(started + min(agent.health_interval, MIN_GAP))
 
 
+class HealthChecks:
+    """The health checks of a changing set of agents, in one nursery that ``run`` owns.
+
+    Each agent's watch runs inside a cancel scope of its own, so a reload that
+    removes an agent stops exactly that agent's checks (and one it adds starts
+    its own) while the others go on undisturbed.
+    """
+
+    def __init__(self) -> None:
+        self._nursery: trio.Nursery | None = None
+        # id(agent) -> (agent, its watch's scope); the agent is kept so its id stays its own.
+        self._watched: dict[int, tuple[Checked, trio.CancelScope]] = {}
+
+    async def run(
+        self,
+        agents: Iterable[object],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Watch the checked agents in ``agents``, and those :meth:`start` adds, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                for agent in agents:
+                    self.start(agent)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    def start(self, agent: object) -> None:
+        """Start checking ``agent`` (no-op for an agent without checks, or one already watched)."""
+        if not isinstance(agent, Checked) or id(agent) in self._watched:
+            return
+        if self._nursery is None:
+            raise RuntimeError("HealthChecks.run is not running")
+        scope = trio.CancelScope()
+        self._watched[id(agent)] = (agent, scope)
+        self._nursery.start_soon(self._watch, agent, scope, name=f"health:{agent.slug}")
+
+    def stop(self, agent: object) -> None:
+        """Stop checking ``agent``; its watch is cancelled at its next checkpoint."""
+        entry = self._watched.pop(id(agent), None)
+        if entry is not None:
+            entry[1].cancel()
+
+    @property
+    def watched(self) -> list[str]:
+        """Slugs of the agents being checked now."""
+        return sorted(agent.slug for agent, _scope in self._watched.values())
+
+    async def _watch(self, agent: Checked, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                await watch(agent)
+        finally:
+            entry = self._watched.get(id(agent))
+            if entry is not None and entry[1] is scope:
+                del self._watched[id(agent)]
+
+
 async def run_health_checks(
     agents: Iterable[object], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Watch every checked agent in ``agents`` until cancelled."""
-    async with trio.open_nursery() as nursery:
-        for agent in agents:
-            if isinstance(agent, Checked):
-                nursery.start_soon(watch, agent, name=f"health:{agent.slug}")
-        task_status.started()
+    """Watch every checked agent in ``agents`` until cancelled (a fixed set)."""
+    await HealthChecks().run(agents, task_status=task_status)
 
 
 async def probe(agent: Agent, url: str) -> None:
