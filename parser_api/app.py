@@ -4,6 +4,15 @@ Connect-time checks happen after the WebSocket is accepted, because a close
 before acceptance becomes an HTTP 403 and the client would never see the
 protocol's close codes (4401 bad token, 1013 connection limit).
 
+Every close the server initiates (4401, 1013, 1001) completes the close
+handshake of RFC 6455 section 7.1.1: after its close frame the app keeps
+reading, discarding the client's frames, until the client's close arrives (or
+``close_timeout`` passes), and only then lets Hypercorn drop the TCP
+connection. Dropping it at once would leave the client's early frames (a
+``configure`` sent as soon as the socket opens) to hit a closed socket; the
+kernel then answers with a reset, which can destroy the close frame before the
+client reads it, and the client sees 1006 instead of the code.
+
 Each connection owns a nursery: one task reads frames, the other answers them
 in order. A client that disconnects cancels its own work at once (a fetch may
 be waiting on a slow marketplace), and :meth:`ParserApp.shutdown` cancels every
@@ -143,17 +152,19 @@ class ParserApp:
         peer = _peer(scope)
         if self._closing:
             self._refuse("shutting_down")
-            await _accept_and_close(send, CLOSE_GOING_AWAY, "server shutting down")
+            await self._accept_and_close(receive, send, CLOSE_GOING_AWAY, "server shutting down")
             return
         if not self.config.verify_token(self._token(scope)):
             log.info("parser connection from %s refused: missing or wrong token", peer)
             self._refuse("unauthorized")
-            await _accept_and_close(send, CLOSE_UNAUTHORIZED, "unauthorized")
+            await self._accept_and_close(receive, send, CLOSE_UNAUTHORIZED, "unauthorized")
             return
         if self.active >= self.config.max_connections:
             log.info("parser connection from %s refused: %d connections open", peer, self.active)
             self._refuse("too_many_connections")
-            await _accept_and_close(send, CLOSE_TRY_AGAIN_LATER, "too many connections")
+            await self._accept_and_close(
+                receive, send, CLOSE_TRY_AGAIN_LATER, "too many connections"
+            )
             return
         self.active += 1
         if self._idle.is_set():
@@ -170,6 +181,7 @@ class ParserApp:
         log.info("parser connection %s from %s", session.conn_id, peer)
         # Registered before the first await: shutdown() either saw _closing unset
         # and will find this scope, or set it before the connect check refused us.
+        client_left = trio.Event()  # set by the reader on the client's disconnect
         with trio.CancelScope() as shutdown_scope:
             self._sessions.add(shutdown_scope)
             try:
@@ -177,7 +189,9 @@ class ParserApp:
                 await send({"type": "websocket.send", "text": dumps(session.greeting())})
                 async with trio.open_nursery() as nursery:
                     inbox_in, inbox_out = trio.open_memory_channel[str | bytes](16)
-                    nursery.start_soon(_read_frames, receive, inbox_in, nursery.cancel_scope)
+                    nursery.start_soon(
+                        _read_frames, receive, inbox_in, nursery.cancel_scope, client_left
+                    )
                     async with inbox_out:
                         async for data in inbox_out:
                             response = await session.handle(data)
@@ -185,35 +199,42 @@ class ParserApp:
                             await send({"type": "websocket.send", "text": dumps(response)})
             finally:
                 self._sessions.discard(shutdown_scope)
-        if shutdown_scope.cancelled_caught:
-            await send(
-                {
-                    "type": "websocket.close",
-                    "code": CLOSE_GOING_AWAY,
-                    "reason": "server shutting down",
-                }
-            )
+        # A client that already left needs no close (nor a wait for its answer).
+        if shutdown_scope.cancelled_caught and not client_left.is_set():
+            await self._close(receive, send, CLOSE_GOING_AWAY, "server shutting down")
         log.info("parser connection %s closed", session.conn_id)
+
+    async def _accept_and_close(self, receive: Receive, send: Send, code: int, reason: str) -> None:
+        await send({"type": "websocket.accept"})
+        await self._close(receive, send, code, reason)
+
+    async def _close(self, receive: Receive, send: Send, code: int, reason: str) -> None:
+        """Send a close frame, then wait (bounded) for the client's close; see the module doc."""
+        await send({"type": "websocket.close", "code": code, "reason": reason})
+        with trio.move_on_after(self.config.close_timeout):
+            # Hypercorn hands on the client's frames until its close arrives (or
+            # the TCP connection ends), then reports the disconnect.
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
 
 
 async def _read_frames(
-    receive: Receive, inbox: trio.MemorySendChannel[str | bytes], done: trio.CancelScope
+    receive: Receive,
+    inbox: trio.MemorySendChannel[str | bytes],
+    done: trio.CancelScope,
+    left: trio.Event,
 ) -> None:
     """Forward received frames to the session; a disconnect cancels its pending work."""
     async with inbox:
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
+                left.set()
                 done.cancel()
                 return
             if message["type"] == "websocket.receive":
                 text = message.get("text")
                 await inbox.send(text if text is not None else bytes(message.get("bytes") or b""))
-
-
-async def _accept_and_close(send: Send, code: int, reason: str) -> None:
-    await send({"type": "websocket.accept"})
-    await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 async def _http_not_found(scope: Scope, send: Send) -> None:

@@ -132,6 +132,9 @@ class ParserConfig:
     )
     # Upper bound on one parser.fetch, retries and spacing included.
     fetch_timeout: float = attrs.field(default=120.0, validator=check(_positive, "must be > 0"))
+    # After the server sends a close frame, how long it waits for the client's
+    # close before dropping the TCP connection (RFC 6455 section 7.1.1).
+    close_timeout: float = attrs.field(default=5.0, validator=check(_positive, "must be > 0"))
     # Dedup memory bound: a session that has sent this many items is exhausted.
     max_items_per_session: int = attrs.field(
         default=100_000, validator=check(lambda v: v >= 1, "must be >= 1")
