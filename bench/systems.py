@@ -5,6 +5,10 @@ connect message it sends first (None for ``direct`` and nginx, which cannot
 speak the gateway's protocol), and the PIDs whose CPU time and memory count as
 "the relay". Processes are started through ``bench.pin`` so they are born on the
 relay core.
+
+With ``Context.tls`` set, every system does the same TLS work: with
+``client_tls`` it serves ``wss://`` with the bench's test certificate, and when the
+target URL is ``wss://`` it verifies the echo's certificate against the test CA.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from urllib.parse import urlsplit
 
 from bench.osutil import process_tree
 from bench.procs import StartError, free_port, spawn, stop_process, wait_port, wait_ready_line
+from bench.tls import CIPHER_SUITE, TLSFiles
 
 __all__ = ["SYSTEMS", "Context", "Running", "SystemSpec", "nginx_config", "relay_config_text"]
 
@@ -40,6 +45,28 @@ class Context:
     relay_pids: list[int] = field(default_factory=list)
     relay_config: str | None = None
     max_sessions: int = 10000
+    tls: TLSFiles | None = None  # the run's certificate, CA and cipher pin
+    client_tls: bool = False  # serve wss:// to the load client
+    direct_url: str = ""  # what `direct` dials, when not target_url (the wss:// echo)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment added to every started system (the TLS cipher pin)."""
+        return self.tls.env if self.tls else {}
+
+    @property
+    def scheme(self) -> str:
+        """The scheme the load client speaks to the system."""
+        return "wss" if self.client_tls else "ws"
+
+    def tls_args(self) -> list[str]:
+        """Command-line TLS options for the Python peers."""
+        if self.tls is None:
+            return []
+        args = ["--ca-file", self.tls.ca]
+        if self.client_tls:
+            args += ["--cert", self.tls.cert, "--key", self.tls.key]
+        return args
 
 
 @dataclass
@@ -81,7 +108,8 @@ def _start_python_peer(name: str, module: str, ctx: Context) -> Running:
     workdir = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
     log = Path(workdir.name) / "log"
     with log.open("wb") as fh:
-        proc = spawn([sys.executable, "-m", module, "--port", "0"], ctx.relay_cores, fh)
+        cmd = [sys.executable, "-m", module, "--port", "0", *ctx.tls_args()]
+        proc = spawn(cmd, ctx.relay_cores, fh, env=ctx.env)
     try:
         port = wait_ready_line(proc, log)
     except StartError:
@@ -89,7 +117,7 @@ def _start_python_peer(name: str, module: str, ctx: Context) -> Running:
         raise
     return Running(
         name,
-        f"ws://127.0.0.1:{port}/ws",
+        f"{ctx.scheme}://127.0.0.1:{port}/ws",
         {"apiKey": ctx.api_key, "url": ctx.target_url},
         procs=[proc],
         pids=[proc.pid],
@@ -108,7 +136,12 @@ def _missing(*modules: str) -> str | None:
 
 
 def _direct_start(ctx: Context) -> Running:
-    return Running("direct", ctx.target_url, None, note="the target itself: the ceiling")
+    return Running(
+        "direct",
+        ctx.direct_url or ctx.target_url,
+        None,
+        note="the target itself: the ceiling (over TLS in TLS runs: one hop)",
+    )
 
 
 # -- our relay --------------------------------------------------------------------------
@@ -131,19 +164,36 @@ def _relay_unavailable(ctx: Context) -> str | None:
     return None if found else "`relay serve` not available yet (relay.cli not importable)"
 
 
-def relay_config_text(port: int, api_key: str) -> str:
+def relay_config_text(
+    port: int, api_key: str, tls: TLSFiles | None = None, client_tls: bool = False
+) -> str:
     """The config the bench runs ``relay serve`` with: loopback, private targets allowed
-    (the echo target is on 127.0.0.1) and a key whose bucket never runs dry."""
+    (the echo target is on 127.0.0.1) and a key whose bucket never runs dry; with
+    ``tls``, the test CA trusted for wss:// targets and, with ``client_tls``, wss://
+    served with the test certificate."""
+    served = ""
+    trusted = ""
+    if tls is not None:
+        trusted = f"ca_file = {_toml_str(tls.ca)}\n"
+        if client_tls:
+            served = f"certfile = {_toml_str(tls.cert)}\nkeyfile = {_toml_str(tls.key)}\n"
     return (
         "[server]\n"
-        f'bind = "127.0.0.1:{port}"\n\n'
+        f'bind = "127.0.0.1:{port}"\n'
+        f"{served}\n"
         "[targets]\n"
-        "allow_private = true\n\n"
+        "allow_private = true\n"
+        f"{trusted}\n"
         "[[keys]]\n"
         f'key = "{api_key}"\n'
         "rate = 1000000000\n"
         "burst = 1000000000\n"
     )
+
+
+def _toml_str(text: str) -> str:
+    # A TOML literal string: paths from tempfile hold no single quote.
+    return f"'{text}'"
 
 
 def _relay_start(ctx: Context) -> Running:
@@ -163,12 +213,13 @@ def _relay_start(ctx: Context) -> Running:
     else:
         port = free_port()
         config = tmp / "relay.toml"
-        config.write_text(relay_config_text(port, ctx.api_key))
+        config.write_text(relay_config_text(port, ctx.api_key, ctx.tls, ctx.client_tls))
     log = tmp / "log"
     with log.open("wb") as fh:
-        proc = spawn([*_relay_command(), "serve", "--config", str(config)], ctx.relay_cores, fh)
+        cmd = [*_relay_command(), "serve", "--config", str(config)]
+        proc = spawn(cmd, ctx.relay_cores, fh, env=ctx.env)
     _await_port(proc, port, log, workdir)
-    url = f"ws://127.0.0.1:{port}/ws"
+    url = f"{ctx.scheme}://127.0.0.1:{port}/ws"
     return Running(
         "relay", url, connect, procs=[proc], pids=process_tree(proc.pid), workdir=workdir
     )
@@ -186,13 +237,55 @@ def _nginx_binary() -> str | None:
 def _nginx_unavailable(ctx: Context) -> str | None:
     if _nginx_binary() is None:
         return "nginx not installed (Debian: apt-get install nginx)"
-    if urlsplit(ctx.target_url).scheme != "ws":
-        return "nginx peer: ws:// targets only"
+    if urlsplit(ctx.target_url).scheme not in ("ws", "wss"):
+        return "nginx peer: ws:// or wss:// targets only"
     return None
 
 
-def nginx_config(tmp: Path, port: int, upstream: str, max_sessions: int) -> str:
-    """nginx as a plain WebSocket reverse proxy: one worker, 64 KiB proxy buffers."""
+def _nginx_tls(tls: TLSFiles | None, client_tls: bool, upstream_tls: bool) -> tuple[str, str]:
+    """The ``listen`` suffix and the TLS directives for the server block."""
+    if tls is None:
+        return "", ""
+    lines = []
+    if client_tls:
+        # The same certificate, protocol and suite as every other system; session
+        # tickets stay at nginx's default (on), as Python's servers issue them too.
+        lines += [
+            f"ssl_certificate {tls.cert};",
+            f"ssl_certificate_key {tls.key};",
+            "ssl_protocols TLSv1.3;",
+            f"ssl_conf_command Ciphersuites {CIPHER_SUITE};",
+        ]
+    if upstream_tls:
+        # Verified like the relay does, and no session reuse towards the target: the
+        # Python relays do a full handshake per session, so nginx must too.
+        lines += [
+            "proxy_ssl_protocols TLSv1.3;",
+            f"proxy_ssl_conf_command Ciphersuites {CIPHER_SUITE};",
+            "proxy_ssl_verify on;",
+            f"proxy_ssl_trusted_certificate {tls.ca};",
+            "proxy_ssl_name localhost;",
+            "proxy_ssl_session_reuse off;",
+        ]
+    body = "".join(f"        {line}\n" for line in lines)
+    return (" ssl" if client_tls else ""), body
+
+
+def nginx_config(
+    tmp: Path,
+    port: int,
+    upstream: str,
+    max_sessions: int,
+    *,
+    tls: TLSFiles | None = None,
+    client_tls: bool = False,
+    upstream_tls: bool = False,
+) -> str:
+    """nginx as a plain WebSocket reverse proxy: one worker, 64 KiB proxy buffers;
+    with ``tls``, TLS on the client hop (``client_tls``) and/or towards the target
+    (``upstream_tls``) with the bench's certificate and cipher suite."""
+    listen_ssl, tls_lines = _nginx_tls(tls, client_tls, upstream_tls)
+    scheme = "https" if upstream_tls else "http"
     user = ""
     if os.geteuid() == 0:
         # Otherwise the worker would drop to "nobody"; the bench runs as whoever runs it.
@@ -214,9 +307,9 @@ http {{
     access_log off;
 {temps}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{
-            proxy_pass http://{upstream};
+        listen 127.0.0.1:{port}{listen_ssl} backlog=4096;
+{tls_lines}        location / {{
+            proxy_pass {scheme}://{upstream};
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection "upgrade";
@@ -235,16 +328,27 @@ def _nginx_start(ctx: Context) -> Running:
     binary = _nginx_binary()
     assert binary is not None
     target = urlsplit(ctx.target_url)
-    upstream = f"{target.hostname}:{target.port or 80}"
+    upstream_tls = target.scheme == "wss"
+    upstream = f"{target.hostname}:{target.port or (443 if upstream_tls else 80)}"
     workdir = tempfile.TemporaryDirectory(prefix="bench-nginx-")
     tmp = Path(workdir.name)
     port = free_port()
     conf = tmp / "nginx.conf"
-    conf.write_text(nginx_config(tmp, port, upstream, ctx.max_sessions))
+    conf.write_text(
+        nginx_config(
+            tmp,
+            port,
+            upstream,
+            ctx.max_sessions,
+            tls=ctx.tls,
+            client_tls=ctx.client_tls,
+            upstream_tls=upstream_tls,
+        )
+    )
     log = tmp / "error.log"
     with (tmp / "stderr").open("wb") as fh:
         cmd = [binary, "-p", str(tmp), "-e", str(log), "-c", str(conf)]
-        proc = spawn(cmd, ctx.relay_cores, fh)
+        proc = spawn(cmd, ctx.relay_cores, fh, env=ctx.env)
     _await_port(proc, port, log, workdir)
     pids = process_tree(proc.pid)
     deadline = time.monotonic() + 5
@@ -254,7 +358,7 @@ def _nginx_start(ctx: Context) -> Running:
     path = (target.path or "/") + (f"?{target.query}" if target.query else "")
     return Running(
         "nginx",
-        f"ws://127.0.0.1:{port}{path}",
+        f"{ctx.scheme}://127.0.0.1:{port}{path}",
         None,
         procs=[proc],
         pids=pids,

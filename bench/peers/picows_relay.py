@@ -2,7 +2,8 @@
 
 Frame-level callbacks: each frame from one side is sent on to the other with its
 type and FIN bit; pings are answered by picows itself (auto-pong), close frames
-are forwarded with their code and reason.
+are forwarded with their code and reason. ``--cert``/``--key`` serve ``wss://``;
+``--ca-file`` is trusted for ``wss://`` targets.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import ssl
 import sys
 
 import uvloop
@@ -24,8 +26,12 @@ from picows import (
     ws_create_server,
 )
 
+from bench.tls import client_context, server_context
+
 MAX_FRAME = 64 * 1024 * 1024
 _PASSED_ON = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION)
+# Trust for wss:// targets (the system CAs plus --ca-file), set by main().
+TARGET_SSL: ssl.SSLContext | None = None
 
 
 class TargetSide(WSListener):
@@ -83,7 +89,10 @@ class ClientSide(WSListener):
     async def _connect(self, transport: WSTransport, url: str) -> None:
         try:
             target, _ = await ws_connect(
-                lambda: TargetSide(transport), url, max_frame_size=MAX_FRAME
+                lambda: TargetSide(transport),
+                url,
+                max_frame_size=MAX_FRAME,
+                ssl_context=TARGET_SSL if url.startswith("wss:") else None,
             )
         except (TimeoutError, OSError, ValueError) as exc:
             reply: dict[str, object] = {"type": "error", "message": f"target: {exc}"}
@@ -104,10 +113,15 @@ class ClientSide(WSListener):
             self.target.disconnect()
 
 
-async def run(host: str, port: int) -> None:
-    """Serve until killed; prints ``READY <port>``."""
+async def run(host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+    """Serve until killed (``wss://`` with ``tls``); prints ``READY <port>``."""
     server = await ws_create_server(
-        lambda _request: ClientSide(), host, port, max_frame_size=MAX_FRAME, backlog=4096
+        lambda _request: ClientSide(),
+        host,
+        port,
+        max_frame_size=MAX_FRAME,
+        backlog=4096,
+        ssl=tls,
     )
     bound = server.sockets[0].getsockname()[1]
     sys.stdout.write(f"READY {bound}\n")
@@ -121,9 +135,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.peers.picows_relay")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--cert", help="PEM certificate chain: serve wss://")
+    parser.add_argument("--key", help="its private key")
+    parser.add_argument("--ca-file", help="CA trusted for wss:// targets")
     args = parser.parse_args()
+    global TARGET_SSL
+    TARGET_SSL = client_context(args.ca_file)
+    tls = server_context(args.cert, args.key) if args.cert else None
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(run(args.host, args.port))
+        uvloop.run(run(args.host, args.port, tls))
 
 
 if __name__ == "__main__":
