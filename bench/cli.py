@@ -5,6 +5,8 @@ Examples::
     python -m bench --quick
     python -m bench --systems direct,relay,nginx --scenarios throughput --size 32,1MiB
     python -m bench --target ws://my-service:8080/stream --systems direct,relay
+    python -m bench --scenarios connect-rate,throughput --tls none,client,target,both
+    python -m bench --scenarios throughput --size 1MiB --write-pattern stream,whole
     python -m bench --relay-url ws://127.0.0.1:8080/ws --api-key KEY --relay-pid 1234
 """
 
@@ -26,10 +28,16 @@ from bench.osutil import raise_nofile
 from bench.procs import StartError
 from bench.runner import Plan, Runner
 from bench.systems import SYSTEMS, Context
+from bench.tls import TLS_MODES
 
 __all__ = ["build_plans", "main", "parse_size"]
 
 SCENARIOS = ("throughput", "latency", "sessions", "connect-rate")
+# Scenarios that also run with TLS; latency and sessions always run plain, once.
+TLS_SCENARIOS = ("throughput", "connect-rate")
+WRITE_PATTERNS = ("stream", "whole")
+_TLS_LABEL = {"client": "TLS client hop", "target": "TLS target hop", "both": "TLS both hops"}
+_PATTERN_LABEL = {"stream": "echo streams", "whole": "whole-message writes"}
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 2**20}
 
 
@@ -51,6 +59,19 @@ def fmt_size(n: int) -> str:
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _choices(allowed: tuple[str, ...]) -> Any:
+    """An argparse type: a comma list whose items are all in ``allowed``."""
+
+    def parse(text: str) -> list[str]:
+        items = _csv(text)
+        bad = [item for item in items if item not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: a comma list of {', '.join(allowed)}")
+        return list(dict.fromkeys(items))
+
+    return parse
 
 
 def auto_in_flight(size: int) -> int:
@@ -114,6 +135,22 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="load client and echo: one write per message (default, like "
         "WebSocket libraries) or one write per read (stress: relays see batches)",
     )
+    p.add_argument(
+        "--tls",
+        type=_choices(TLS_MODES),
+        default=["none"],
+        help="TLS modes for throughput and connect-rate (comma list of none, client: wss:// "
+        "from the load client, target: a wss:// echo target, both); default none",
+    )
+    p.add_argument(
+        "--write-pattern",
+        type=_choices(WRITE_PATTERNS),
+        default=["stream"],
+        help="throughput echo writes (comma list): stream = each read's part of a frame "
+        "echoed as it arrives (default), whole = each message echoed in one write once "
+        "complete, as a WebSocket library (Node ws) does; the client always writes each "
+        "message in one call",
+    )
     p.add_argument("--sessions", help="idle session counts (default 1000,10000; quick 500)")
     p.add_argument(
         "--connect-concurrency", type=int, default=8, help="parallel openers in connect-rate"
@@ -135,16 +172,39 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 def build_plans(args: argparse.Namespace) -> list[Plan]:
     """The measured variants, in order, from the parsed options."""
+    scenarios = _csv(args.scenarios)
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+    modes: list[str] = list(getattr(args, "tls", None) or ["none"])
+    plans: list[Plan] = []
+    # The plain phase first (latency and sessions always run in it), then one phase per
+    # TLS mode: the runner restarts the systems between phases.
+    plain = scenarios if "none" in modes else [s for s in scenarios if s not in TLS_SCENARIOS]
+    for scenario in plain:
+        plans += _scenario_plans(args, scenario, "none")
+    for mode in (m for m in modes if m != "none"):
+        for scenario in (s for s in scenarios if s in TLS_SCENARIOS):
+            plans += _scenario_plans(args, scenario, mode)
+    return plans
+
+
+def _scenario_plans(args: argparse.Namespace, scenario: str, tls: str) -> list[Plan]:
     plans: list[Plan] = []
     base = {"warmup": args.warmup, "duration": args.duration}
     run_time = args.warmup + args.duration
-    for scenario in _csv(args.scenarios):
-        if scenario == "throughput":
-            for size in (parse_size(s) for s in _csv(args.size)):
-                window = args.in_flight or auto_in_flight(size)
+    suffix = f", {_TLS_LABEL[tls]}" if tls != "none" else ""
+    patterns: list[str] = list(getattr(args, "write_pattern", None) or ["stream"])
+    if scenario == "throughput":
+        for size in (parse_size(s) for s in _csv(args.size)):
+            window = args.in_flight or auto_in_flight(size)
+            for pattern in patterns:
+                shown = len(patterns) > 1 or pattern != "stream"
                 label = (
                     f"throughput {fmt_size(size)} {args.mode}, "
                     f"{args.connections} conn x {window} in flight"
+                    + (f", {_PATTERN_LABEL[pattern]}" if shown else "")
+                    + suffix
                 )
                 params = {
                     **base,
@@ -154,31 +214,29 @@ def build_plans(args: argparse.Namespace) -> list[Plan]:
                     "text": args.mode == "text",
                     "coalesce": args.write_mode == "coalesced",
                 }
-                plans.append(Plan("throughput", label, params, timeout=run_time + 60))
-        elif scenario == "latency":
-            label = f"latency {fmt_size(args.latency_size)} {args.mode}, one at a time"
-            params = {**base, "size": args.latency_size, "text": args.mode == "text"}
-            plans.append(Plan("latency", label, params, timeout=run_time + 60))
-        elif scenario == "sessions":
-            # A relayed session holds two descriptors in the relay; where the hard
-            # open-file limit cannot be lifted (no CAP_SYS_RESOURCE) fewer fit.
-            cap = (raise_nofile() - 256) // 2 // 100 * 100
-            for asked in (int(c) for c in _csv(args.sessions)):
-                count = min(asked, cap)
-                label = f"sessions: {count:,} idle"
-                if count < asked:
-                    label += f" (capped from {asked:,}: open-file limit)"
-                plans.append(
-                    Plan(
-                        "sessions", label, {"sessions": count}, fresh=True, timeout=60 + count / 50
-                    )
-                )
-        elif scenario == "connect-rate":
-            label = f"connect-rate, {args.connect_concurrency} parallel openers"
-            params = {**base, "concurrency": args.connect_concurrency}
-            plans.append(Plan("connect-rate", label, params, timeout=run_time + 60))
-        else:
-            raise SystemExit(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+                plan = Plan("throughput", label, params, timeout=run_time + 60, tls=tls)
+                plan.whole = pattern == "whole"
+                plans.append(plan)
+    elif scenario == "latency":
+        label = f"latency {fmt_size(args.latency_size)} {args.mode}, one at a time"
+        params = {**base, "size": args.latency_size, "text": args.mode == "text"}
+        plans.append(Plan("latency", label, params, timeout=run_time + 60))
+    elif scenario == "sessions":
+        # A relayed session holds two descriptors in the relay; where the hard
+        # open-file limit cannot be lifted (no CAP_SYS_RESOURCE) fewer fit.
+        cap = (raise_nofile() - 256) // 2 // 100 * 100
+        for asked in (int(c) for c in _csv(args.sessions)):
+            count = min(asked, cap)
+            label = f"sessions: {count:,} idle"
+            if count < asked:
+                label += f" (capped from {asked:,}: open-file limit)"
+            plans.append(
+                Plan("sessions", label, {"sessions": count}, fresh=True, timeout=60 + count / 50)
+            )
+    elif scenario == "connect-rate":
+        label = f"connect-rate, {args.connect_concurrency} parallel openers{suffix}"
+        params = {**base, "concurrency": args.connect_concurrency}
+        plans.append(Plan("connect-rate", label, params, timeout=run_time + 60, tls=tls))
     return plans
 
 
@@ -239,6 +297,9 @@ def main(argv: list[str] | None = None, *, prog: str = "relay bench") -> int:
             f"unknown system(s): {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}",
             file=sys.stderr,
         )
+        return 2
+    if args.target and any(m in ("target", "both") for m in args.tls):
+        print("--tls target/both need the bench's own echo target (no --target)", file=sys.stderr)
         return 2
     plans = build_plans(args)
     max_sessions = max([p.params.get("sessions", 0) for p in plans] + [1000])
@@ -301,6 +362,7 @@ def main(argv: list[str] | None = None, *, prog: str = "relay bench") -> int:
             },
             "options": {k: v for k, v in vars(args).items() if k != "relay_pid"},
             "target": ctx.target_url if args.target else "bench echo server",
+            **({"tls": runner.tls_info} if runner.tls_info else {}),
         },
         **raw,
     }

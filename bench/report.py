@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["METRICS", "render", "summarise", "write_json"]
+__all__ = ["METRICS", "plan_notes", "render", "summarise", "write_json"]
 
 # Share of a core used by processes outside the measurement above which a run is
 # flagged: the relay and load sides compete with it for the same two cores.
@@ -95,6 +95,36 @@ def _cell(stats: dict[str, float] | None, fmt: str) -> Text:
     return text
 
 
+def plan_notes(plan: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """Lines printed under a plan's table: what TLS was negotiated on each hop, and
+    the relay's CPU per message or session against nginx's (the issue's ratio)."""
+    notes: list[str] = []
+    tls = plan.get("tls", "none")
+    if tls != "none":
+        client = sorted(
+            {str(r["tls"]) for runs in plan["runs"].values() for r in runs if r.get("tls")}
+        )
+        hops = []
+        if tls in ("client", "both"):
+            hops.append(f"client hop {', '.join(client) or 'not reported'} (load client)")
+        if tls in ("target", "both"):
+            target = (meta.get("tls") or {}).get("target_hop_negotiated") or []
+            hops.append(f"target hop {', '.join(target) or 'not reported'} (echo target)")
+        if tls == "client":
+            hops.append(f"direct: {', '.join(client) or 'not reported'}")
+        notes.append("Negotiated: " + "; ".join(hops) + ".")
+    summary = plan.get("summary", {})
+    mine = (summary.get("relay") or {}).get("relay_cpu_us_per_op")
+    theirs = (summary.get("nginx") or {}).get("relay_cpu_us_per_op")
+    if mine and theirs and theirs["median"]:
+        unit = "session" if plan["scenario"] == "connect-rate" else "message"
+        notes.append(
+            f"relay CPU per {unit} / nginx's: {mine['median'] / theirs['median']:.2f}{TIMES} "
+            f"({mine['median']:,.0f} / {theirs['median']:,.0f} µs, medians)"
+        )
+    return notes
+
+
 def _last_line(text: str) -> str:
     # A start-up failure carries its log's tail (a traceback); its last line says why.
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -145,6 +175,8 @@ def render(results: dict[str, Any], console: Console) -> None:
     """Print every plan's table and the notes about skipped or failed systems."""
     for plan in results["plans"]:
         console.print(plan_table(plan, results["systems"]))
+        for note in plan_notes(plan, results.get("meta", {})):
+            console.print(note, markup=False)
         noisy = {
             name: summary["foreign_cpu_frac_max"]
             for name, summary in plan["summary"].items()
@@ -202,6 +234,9 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         if noisy:
             out += ["", f"Other processes' CPU during these runs, worst run: {', '.join(noisy)}."]
+        notes = plan_notes(plan, results.get("meta", {}))
+        if notes:
+            out += ["", *notes]
         out.append("")
     return "\n".join(out)
 

@@ -3,6 +3,10 @@ measures every plan on every system interleaved (A B C A B C ...).
 
 Interleaving spreads slow drifts of the machine (thermal, noisy neighbours, page
 cache) over all systems instead of charging them to whichever ran last.
+
+Plans with TLS (``Plan.tls``) run in phases, one per TLS mode: the systems are
+started for that mode (serving ``wss://``, dialing the ``wss://`` echo, or both),
+measured interleaved as above, and stopped before the next mode.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from bench.osutil import hold_idle_poll, process_tree, split_cores
 from bench.procs import StartError, spawn, stop_process, wait_ready_line
 from bench.systems import SYSTEMS, Context, Running
+from bench.tls import CIPHER_SUITE, TLSFiles, make_tls_files
 
-__all__ = ["Plan", "Runner", "saturation"]
+__all__ = ["Plan", "Runner", "saturation", "with_path"]
 
 SATURATED = 0.9
 
@@ -36,6 +43,14 @@ class Plan:
     params: dict[str, Any]
     fresh: bool = False  # restart the system before every run (memory per session)
     timeout: float = 120.0
+    tls: str = "none"  # none | client | target | both (bench.tls.TLS_MODES)
+    whole: bool = False  # the echo writes each message in one call (path /whole)
+
+
+def with_path(url: str, path: str) -> str:
+    """``url`` with its path replaced by ``path`` (query dropped)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 @dataclass
@@ -138,6 +153,10 @@ class Runner:
         self.on_progress = on_progress or (lambda label, done, total: None)
         self.target_pids: list[int] = []
         self.tmp = tempfile.TemporaryDirectory(prefix="bench-")
+        self.tls: TLSFiles | None = None
+        self.plain_url = ctx.target_url
+        self.tls_url = ""
+        self.tls_info: dict[str, Any] = {}
 
     @property
     def total_runs(self) -> int:
@@ -170,17 +189,47 @@ class Runner:
             state.running.stop()
             state.running = None
 
-    def _start_echo(self, stack: list[subprocess.Popen[bytes]]) -> None:
-        log = Path(self.tmp.name) / "echo.log"
+    def _start_echo(self, stack: list[subprocess.Popen[bytes]], tls: bool = False) -> str:
+        """Start an echo target (``wss://`` with ``tls``); returns its URL."""
+        log = Path(self.tmp.name) / f"echo{'-tls' if tls else ''}.log"
         with log.open("wb") as fh:
             cmd = [sys.executable, "-m", "bench.echo", "--port", "0"]
             if self.coalesce:
                 cmd.append("--coalesce")
-            proc = spawn(cmd, self.load_cores, fh, load_side=True)
+            env = None
+            if tls:
+                assert self.tls is not None
+                cmd += ["--cert", self.tls.cert, "--key", self.tls.key]
+                cmd += ["--tls-log", str(Path(self.tmp.name) / "echo-tls.txt")]
+                env = self.tls.env
+            proc = spawn(cmd, self.load_cores, fh, load_side=True, env=env)
         stack.append(proc)
         port = wait_ready_line(proc, log)
-        self.ctx.target_url = f"ws://127.0.0.1:{port}/"
-        self.target_pids = [proc.pid]
+        self.target_pids.append(proc.pid)  # an idle echo's CPU adds nothing
+        return f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/"
+
+    def _enter_phase(self, mode: str) -> None:
+        """Point the context at this TLS mode's echo and hop settings."""
+        ctx = self.ctx
+        ctx.tls = self.tls if mode != "none" else None
+        ctx.client_tls = mode in ("client", "both")
+        ctx.target_url = self.tls_url if mode in ("target", "both") else self.plain_url
+        ctx.direct_url = self.tls_url if mode != "none" else ""
+        for state in self.states:
+            if state.status in ("ok", "error"):
+                state.status, state.reason = "pending", ""
+
+    def _read_tls_log(self) -> None:
+        if self.tls is None:
+            return
+        seen = Path(self.tmp.name) / "echo-tls.txt"
+        lines = seen.read_text().split("\n") if seen.exists() else []
+        self.tls_info = {
+            "pinned": f"TLSv1.3 {CIPHER_SUITE} (OPENSSL_CONF for every process; nginx "
+            "ssl_conf_command too)",
+            "certificate": "ECDSA P-256, for 127.0.0.1, from a CA made at bench start",
+            "target_hop_negotiated": sorted({ln for ln in lines if ln}),
+        }
 
     def run(self) -> dict[str, Any]:
         """Measure everything; returns ``{"systems": ..., "plans": [...]}``."""
@@ -194,14 +243,29 @@ class Runner:
             # This thread (and the progress display's thread it starts) stays off the
             # relay core; restored afterwards for callers that embed the bench.
             os.sched_setaffinity(0, self.load_cores)
+        failed: dict[str, str] = {}
         try:
+            if any(plan.tls != "none" for plan in self.plans):
+                self.tls = make_tls_files(Path(self.tmp.name) / "tls")
             if not self.external_target:
-                self._start_echo(owned)
-            self._check_systems()  # after the echo: some checks depend on the target URL
-            for state in self.states:
-                if state.status == "pending":
-                    self._start(state)
-            plans = self._measure(worker)
+                self.plain_url = self.ctx.target_url = self._start_echo(owned)
+                if self.tls is not None:
+                    self.tls_url = self._start_echo(owned, tls=True)
+            plans: list[dict[str, Any]] = []
+            done = 0
+            for mode, group in groupby(self.plans, key=lambda plan: plan.tls):
+                self._enter_phase(mode)
+                self._check_systems()  # after the echo: some checks depend on the target URL
+                for state in self.states:
+                    if state.status == "pending":
+                        self._start(state)
+                    if state.status == "error":
+                        failed[state.name] = state.reason
+                try:
+                    done = self._measure(worker, list(group), plans, done)
+                finally:
+                    for state in self.states:
+                        self._stop(state)
         finally:
             worker.close()
             for state in self.states:
@@ -211,19 +275,27 @@ class Runner:
             os.sched_setaffinity(0, saved)
             if poll_fd is not None:
                 os.close(poll_fd)
+            self._read_tls_log()
             self.tmp.cleanup()
+        for name, reason in failed.items():  # a start failure in any phase is reported
+            state = next(s for s in self.states if s.name == name)
+            state.status, state.reason = "error", reason
         systems = {s.name: {"status": s.status, "reason": s.reason, **s.info} for s in self.states}
         return {"systems": systems, "plans": plans}
 
-    def _measure(self, worker: Worker) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        done = 0
-        for plan in self.plans:
+    def _measure(
+        self, worker: Worker, group: list[Plan], out: list[dict[str, Any]], done: int
+    ) -> int:
+        """Measure ``group`` (one TLS mode) into ``out``; returns the runs done so far."""
+        for plan in group:
             runs: dict[str, list[dict[str, Any]]] = {
-                s.name: [] for s in self.states if s.status == "ok"
+                s.name: [] for s in self.states if s.status in ("ok", "error")
             }
             for rep in range(self.repeat):
                 for state in self.states:
+                    if state.status == "error":  # failed to start in this phase
+                        runs[state.name].append({"error": state.reason})
+                        continue
                     if state.status != "ok" or state.running is None:
                         continue
                     label = f"{plan.label} · {state.name} · run {rep + 1}/{self.repeat}"
@@ -237,10 +309,12 @@ class Runner:
                     "scenario": plan.scenario,
                     "label": plan.label,
                     "params": plan.params,
+                    "tls": plan.tls,
+                    "write_pattern": "whole" if plan.whole else "stream",
                     "runs": runs,
                 }
             )
-        return out
+        return done
 
     def _one(self, plan: Plan, state: SystemState, worker: Worker) -> dict[str, Any]:
         if plan.fresh and state.running is not None and state.running.procs:
@@ -253,10 +327,19 @@ class Runner:
         pids = running.pids
         if running.procs:
             pids = sorted({p for proc in running.procs for p in process_tree(proc.pid)})
+        url, connect = running.url, running.connect
+        if plan.whole:
+            # The echo answers a /whole connection with whole-message writes; nginx
+            # and direct carry the path in their URL, relays in the connect message.
+            if connect is None:
+                url = with_path(url, "/whole")
+            else:
+                connect = {**connect, "url": with_path(str(connect["url"]), "/whole")}
         cmd = {
             "scenario": plan.scenario,
-            "url": running.url,
-            "connect": running.connect,
+            "url": url,
+            "connect": connect,
+            "ca_file": self.tls.ca if self.tls else None,
             "relay_pids": pids,
             "target_pids": self.target_pids,
             **plan.params,
