@@ -69,7 +69,7 @@ class GatewayApp:
             return
         if kind == "websocket":
             await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": 1008})
+            await self._no_websocket_here(scope, send)
             return
         await self._http(scope, receive, send)
 
@@ -95,7 +95,9 @@ class GatewayApp:
             health = self._health()
             await _json(send, 503 if self.gateway.draining else 200, health, method=method)
         elif path == "/metrics":
-            await _text(send, 200, self.gateway.metrics.render(), CONTENT_TYPE, method=method)
+            await _text(
+                send, 200, self.gateway.registry.metrics.render(), CONTENT_TYPE, method=method
+            )
         elif path == PLAYGROUND_PATH:
             await send_page(send, method=method)
         elif path == "/":
@@ -118,6 +120,30 @@ class GatewayApp:
                 method=method,
             )
 
+    def websocket_endpoints(self) -> list[str]:
+        """Paths that accept a WebSocket upgrade on this port."""
+        return ["/ws", *sorted({path.rstrip("/") for path in self.mounts})]
+
+    async def _no_websocket_here(self, scope: Scope, send: Send) -> None:
+        """A WebSocket upgrade to a path with no endpoint (``/ws/``, a typo): a
+        404 whose body names the endpoints, rather than a bare 403."""
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        endpoints = ", ".join(self.websocket_endpoints())
+        body = f"No WebSocket endpoint at {scope['path']}; endpoints: {endpoints}\n".encode()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 404,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+
     def _docs(self, scope: Scope) -> dict[str, Any]:
         host = _header(scope, b"host") or self.gateway.config.server.bind
         scheme = "wss" if scope.get("scheme") == "https" else "ws"
@@ -125,7 +151,7 @@ class GatewayApp:
         return protocol_document(f"{scheme}://{host}/ws", agents[0].node_id if agents else "")
 
     def _health(self) -> dict[str, Any]:
-        stats = self.gateway.stats
+        stats = self.gateway.registry.stats
         agents = self.gateway.agents.agents
         return {
             # Serving but unable to dial anything: say so without failing the probe.

@@ -15,7 +15,7 @@ from relay.capacity import Capacity
 from relay.config import Config, NodeConfig, ServerConfig
 from relay.dial import DialSettings, TargetConnection
 from relay.ratelimit import LimitsUnavailable, MemoryRateLimiter, RateLimiter
-from relay.registry import SessionRegistry, Stats
+from relay.registry import SessionRegistry
 from relay.session import Session
 from relay.slots import MemorySessionSlots, SessionClaim, SessionSlots
 from relay.targets import Resolver, system_resolver
@@ -27,13 +27,11 @@ from relay.wire.connect import (
     parse_connect_query,
 )
 
-__all__ = ["Gateway", "GatewayFront", "Stats", "configured_agents", "dial_settings"]
-
-# Stats is re-exported: it moved to relay.registry with the session bookkeeping.
+__all__ = ["Gateway", "GatewayFront", "configured_agents", "dial_settings"]
 
 
-@attrs.define(kw_only=True)
-class Gateway(SessionRegistry):
+@attrs.define(kw_only=True, eq=False)
+class Gateway:
     """The shared state of one gateway process."""
 
     config: Config
@@ -43,10 +41,20 @@ class Gateway(SessionRegistry):
     dial: DialSettings
     slots: SessionSlots = attrs.Factory(MemorySessionSlots)  # per-key session counts
     capacity: Capacity = attrs.field()
+    registry: SessionRegistry = attrs.field()
 
     @capacity.default
     def _capacity(self) -> Capacity:
         return Capacity(max_handshakes=self.config.server.max_handshakes)
+
+    @registry.default
+    def _registry(self) -> SessionRegistry:
+        return SessionRegistry(agent_health=self.agent_health, backend_errors=self.backend_errors)
+
+    @property
+    def draining(self) -> bool:
+        """Whether the gateway is draining for shutdown (no new sessions)."""
+        return self.registry.draining
 
     def agent_health(self) -> list[tuple[str, str, bool]]:
         """Slug, kind and health of every agent, for /metrics."""
@@ -122,8 +130,8 @@ class GatewayFront:
 
     @property
     def registry(self) -> SessionRegistry:
-        """The gateway itself."""
-        return self.gateway
+        """The gateway's live sessions."""
+        return self.gateway.registry
 
     def query_request(self) -> ConnectRequest | None:
         """The ``/ws?url=…`` form."""
@@ -144,7 +152,7 @@ class GatewayFront:
         claim = session.claim = SessionClaim(gateway.slots, session_id=session.id)
         try:
             if not await gateway.limiter.acquire(key):
-                gateway.metrics.rate_limited.inc()
+                gateway.registry.metrics.rate_limited.inc()
                 raise SessionError(Outcome.RATE_LIMITED, "Rate limit exceeded")
             if not await claim.claim(key):
                 raise SessionError(

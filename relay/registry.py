@@ -6,6 +6,7 @@ from the registered sessions, and a graceful shutdown closes them with 1001.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -48,10 +49,26 @@ class LiveSession(Protocol):
         ...
 
 
-@attrs.define(kw_only=True)
-class SessionRegistry:
-    """Live sessions, counters and the drain of one process."""
+def _no_agents() -> list[tuple[str, str, bool]]:
+    return []
 
+
+def _no_backend_errors() -> int:
+    return 0
+
+
+@attrs.define(kw_only=True, eq=False)
+class SessionRegistry:
+    """Live sessions, counters and the drain of one process.
+
+    Held (not inherited) by the gateway and by an agent node; what ``/metrics``
+    reads of its owner beyond the sessions comes in as two callables.
+    """
+
+    agent_health: Callable[[], list[tuple[str, str, bool]]] = _no_agents
+    """Slug, kind and health of each agent, for /metrics."""
+    backend_errors: Callable[[], int] = _no_backend_errors
+    """Failed calls to a shared limits backend, for /metrics."""
     stats: Stats = attrs.Factory(Stats)
     sessions: set[LiveSession] = attrs.Factory(set)
     metrics: Metrics = attrs.field(init=False)
@@ -63,19 +80,11 @@ class SessionRegistry:
     def __attrs_post_init__(self) -> None:
         self.metrics = Metrics(
             live_sessions=lambda: self.sessions,
-            agent_health=self.agent_health,
+            agent_health=lambda: self.agent_health(),
             draining=lambda: self.draining,
-            backend_errors=self.backend_errors,
+            backend_errors=lambda: self.backend_errors(),
         )
         self._idle.set()
-
-    def agent_health(self) -> list[tuple[str, str, bool]]:
-        """Slug, kind and health of each agent (none here), for /metrics."""
-        return []
-
-    def backend_errors(self) -> int:
-        """Failed calls to a shared limits backend (none here), for /metrics."""
-        return 0
 
     def session_started(self, session: LiveSession) -> None:
         """Register a session."""

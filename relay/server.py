@@ -79,7 +79,7 @@ def _parser_app(config: Config, gateway: Gateway, mounts: dict[str, ASGIApp]) ->
     app = create_app(config.parser, egress=agent_egress(gateway.agents))
     mounts[PARSER_PATH] = app
     mounts[PARSER_PATH + "/"] = app
-    gateway.metrics.watch_parser(app)
+    gateway.registry.metrics.watch_parser(app)
     return app
 
 
@@ -98,7 +98,7 @@ async def serve(
     reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the gateway until cancelled, or until ``gateway.request_shutdown()``.
+    """Run the gateway until cancelled, or until ``gateway.registry.request_shutdown()``.
 
     Use ``address = await nursery.start(serve, config)``: the address it
     reports is bound and accepting (port 0 in ``config`` picks a free port).
@@ -140,14 +140,18 @@ async def serve(
                 listeners,
             )
             task_status.started(address)
-            await gateway.shutdown_requested.wait()
+            await gateway.registry.shutdown_requested.wait()
             # Still listening while draining: /healthz says so (503), new /ws
             # upgrades are refused with 503, open sessions go on.
             log.info(
-                "draining %d sessions (up to %g s)", len(gateway.sessions), server.drain_period
+                "draining %d sessions (up to %g s)",
+                len(gateway.registry.sessions),
+                server.drain_period,
             )
             async with trio.open_nursery() as draining:
-                draining.start_soon(gateway.drain, server.drain_period, server.close_timeout + 1.0)
+                draining.start_soon(
+                    gateway.registry.drain, server.drain_period, server.close_timeout + 1.0
+                )
                 if parser is not None:
                     draining.start_soon(_drain_parser, parser, server.drain_period)
             accepting.cancel_scope.cancel()  # the listeners close
@@ -180,12 +184,12 @@ async def run_until_signalled(
                 async def watch_signals() -> None:
                     async for signum in signals:
                         name = signal.Signals(signum).name
-                        if gateway.shutdown_requested.is_set():
+                        if gateway.registry.shutdown_requested.is_set():
                             log.warning("second %s: stopping now", name)
                             nursery.cancel_scope.cancel()
                             return
                         log.info("%s: shutting down gracefully", name)
-                        gateway.request_shutdown()
+                        gateway.registry.request_shutdown()
 
                 address = await nursery.start(run_gateway)
                 nursery.start_soon(watch_signals)

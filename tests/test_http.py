@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+import attrs
 import httpx
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from parser_api.config import ParserConfig
 from relay.client import open_relay
 from tests.support import wsp
-from tests.support.gateway import KEY, Running
+from tests.support.gateway import KEY, Running, make_config, start_gateway
 from tests.support.target import TargetServer
 
 
@@ -167,3 +169,63 @@ async def test_garbage_does_not_disturb_other_sessions(
         await raw.send_raw(b"\x81\x05hello")  # unmasked
         await relayed.websocket.send_message("unaffected")
         assert await relayed.websocket.get_message() == "unaffected"
+
+
+async def _raw_answer(port: int, request: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(request)
+    answer = b""
+    while chunk := await stream.receive_some():
+        answer += chunk
+    await stream.aclose()
+    return answer
+
+
+def _upgrade(path: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    ).encode()
+
+
+@pytest.fixture
+async def with_parser(nursery: trio.Nursery) -> Running:
+    """A gateway that also serves the parser API."""
+    config = attrs.evolve(make_config(), parser=ParserConfig(admin_token="pa-test-token"))
+    return await start_gateway(nursery, config)
+
+
+@pytest.mark.parametrize("path", ["/ws/", "/wss", "/ws/parserx", "/"])
+async def test_a_websocket_upgrade_to_an_unknown_path_names_the_endpoints(
+    with_parser: Running, path: str
+) -> None:
+    answer = await _raw_answer(with_parser.address.port, _upgrade(path))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404")
+    assert body == f"No WebSocket endpoint at {path}; endpoints: /ws, /ws/parser\n".encode()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /ws/docs HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /playground HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /ws/parser HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        _upgrade("/ws/"),
+        _upgrade("/ws").replace(b"Version: 13", b"Version: 8"),
+    ],
+)
+async def test_no_response_repeats_a_header(with_parser: Running, request_bytes: bytes) -> None:
+    answer = await _raw_answer(with_parser.address.port, request_bytes)
+    head = answer.partition(b"\r\n\r\n")[0]
+    names = [line.split(b":")[0].lower() for line in head.split(b"\r\n")[1:]]
+    assert names, answer
+    assert len(names) == len(set(names)), head.decode("latin-1")

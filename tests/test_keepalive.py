@@ -40,7 +40,7 @@ async def hop_sockets(
     ) as relayed:
         await relayed.websocket.send_message("ping")
         assert await relayed.websocket.get_message() == "ping"
-        (session,) = running.gateway.sessions
+        (session,) = running.gateway.registry.sessions
         hops = [session.client, session.target]  # type: ignore[attr-defined]
         return [keepalive_of(socket_of(hop.stream)) for hop in hops]
 

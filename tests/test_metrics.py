@@ -42,7 +42,7 @@ async def _scrape(running: Running) -> dict[tuple[str, tuple[tuple[str, str], ..
 
 async def _settled(running: Running) -> None:
     with trio.fail_after(10):
-        await running.gateway.wait_idle()
+        await running.gateway.registry.wait_idle()
 
 
 async def test_metrics_count_a_scripted_run(nursery: trio.Nursery, target: TargetServer) -> None:

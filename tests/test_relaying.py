@@ -328,4 +328,4 @@ async def test_hundred_concurrent_sessions(target: TargetServer, gateway: Runnin
     assert len(results) == 100
     for n, got in results.items():
         assert got == [f"{n}:{i}" if i % 2 else f"{n}:{i}".encode() * 100 for i in range(20)]
-    assert gateway.gateway.stats.sessions_started == 100
+    assert gateway.gateway.registry.stats.sessions_started == 100

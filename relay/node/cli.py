@@ -13,7 +13,8 @@ import trio
 from relay.agents.proxy import ProxyURL
 from relay.config import ConfigError, NodeConfig, NodeSettings, load_node_config
 from relay.converter import InputError, structure
-from relay.node.node import Node, NodeAddress, serve_node
+from relay.node.node import Node, NodeAddress
+from relay.node.server import serve_node
 
 __all__ = ["TOKEN_ENV", "add_agent_parser", "build_node_config", "run_node"]
 

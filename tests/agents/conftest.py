@@ -11,7 +11,8 @@ import trustme
 
 from relay.agents.health import Health
 from relay.config import NodeConfig, NodeSettings, ServerConfig, TargetsConfig
-from relay.node.node import NodeAddress, serve_node
+from relay.node.node import NodeAddress
+from relay.node.server import serve_node
 from tests.support.target import TargetServer
 
 TOKEN = "agent-secret-7f3a"

@@ -27,11 +27,11 @@ def _open_fds() -> int:
 
 
 async def _all_freed(running: Running, fds: int) -> None:
-    stats, slots = running.gateway.stats, running.gateway.slots
+    stats, slots = running.gateway.registry.stats, running.gateway.slots
     await eventually(
         lambda: (
             stats.sessions_active == 0
-            and len(running.gateway.sessions) == 0
+            and len(running.gateway.registry.sessions) == 0
             and slots.held() == 0
             and _open_fds() <= fds
         ),
@@ -97,10 +97,10 @@ async def test_client_drops_before_its_connect_message(patient: Running, rst: bo
     """Freed at once, not at the connect deadline (300 s here)."""
     fds = _open_fds()
     client = await wsp.connect(patient.ws_url)
-    await eventually(lambda: len(patient.gateway.sessions) == 1, "the session to start")
+    await eventually(lambda: len(patient.gateway.registry.sessions) == 1, "the session to start")
     await _drop(client, rst)
     await _all_freed(patient, fds)
-    assert patient.gateway.stats.outcomes == {"client_lost": 1}
+    assert patient.gateway.registry.stats.outcomes == {"client_lost": 1}
 
 
 async def test_client_drops_while_the_target_is_dialed(nursery: trio.Nursery) -> None:

@@ -33,11 +33,11 @@ async def _serves_others(running: Running, target: TargetServer) -> None:
 
 
 async def _all_freed(running: Running) -> None:
-    stats, capacity = running.gateway.stats, running.gateway.capacity
+    stats, capacity = running.gateway.registry.stats, running.gateway.capacity
     await eventually(
         lambda: (
             stats.sessions_active == 0
-            and len(running.gateway.sessions) == 0
+            and len(running.gateway.registry.sessions) == 0
             and capacity.handshakes == 0
         ),
         "every connection to be released",
@@ -81,7 +81,7 @@ async def test_a_thousand_sessions_without_a_connect_message(
         assert elapsed >= deadline  # none closed early
         assert (message, code, eof) == (expected, 1008, True)
     await _all_freed(running)
-    assert running.gateway.stats.outcomes["connect_timeout"] == CROWD
+    assert running.gateway.registry.stats.outcomes["connect_timeout"] == CROWD
 
 
 async def test_connections_that_never_send_a_request_head(
@@ -151,5 +151,5 @@ async def test_garbage_instead_of_http_disturbs_nothing(
                 assert await relayed.websocket.get_message() == f"message {n}"
         await relayed.websocket.send_message("after the junk")
         assert await relayed.websocket.get_message() == "after the junk"
-        assert gateway.gateway.stats.sessions_active == 1
+        assert gateway.gateway.registry.stats.sessions_active == 1
     await _all_freed(gateway)

@@ -31,10 +31,12 @@ async def _start(
 
 
 async def _all_freed(running: Running) -> None:
-    stats, slots = running.gateway.stats, running.gateway.slots
+    stats, slots = running.gateway.registry.stats, running.gateway.slots
     await eventually(
         lambda: (
-            stats.sessions_active == 0 and len(running.gateway.sessions) == 0 and slots.held() == 0
+            stats.sessions_active == 0
+            and len(running.gateway.registry.sessions) == 0
+            and slots.held() == 0
         ),
         "the session's resources to be freed",
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from urllib.parse import quote
 
 import pytest
@@ -11,12 +10,8 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from relay.asgi import GatewayApp
 from relay.client import open_relay
 from relay.config import KeyConfig
-from relay.gateway import Gateway
-from relay.httpserver import AsgiServer
-from relay.listener import handle_connection
 from tests.support.conditions import eventually
 from tests.support.gateway import KEY, Running, connect_json, make_config, refusal, start_gateway
 from tests.support.target import TargetServer
@@ -176,7 +171,9 @@ async def test_sessions_per_key(nursery: trio.Nursery, target: TargetServer) -> 
         async with open_relay(running.ws_url, api_key=KEY, url=url) as relayed:
             await relayed.websocket.send_message("a slot again")
             assert await relayed.websocket.get_message() == "a slot again"
-    await eventually(lambda: slots.held() == 0 and not running.gateway.sessions, "all released")
+    await eventually(
+        lambda: slots.held() == 0 and not running.gateway.registry.sessions, "all released"
+    )
 
 
 async def test_sessions_in_total(nursery: trio.Nursery, target: TargetServer) -> None:
@@ -184,69 +181,15 @@ async def test_sessions_in_total(nursery: trio.Nursery, target: TargetServer) ->
     url = f"{target.url}/echo"
     # One relaying session and one still in its connect phase fill the gateway.
     async with open_relay(running.ws_url, api_key=KEY, url=url), open_websocket_url(running.ws_url):
-        await eventually(lambda: len(running.gateway.sessions) == 2, "two sessions")
+        await eventually(lambda: len(running.gateway.registry.sessions) == 2, "two sessions")
         # Refused at once, without waiting for a connect message.
         message, code, reason = await refusal(running.ws_url, None)
         assert (message, code) == ("Server at capacity, try again later", 1013)
         assert reason == message
-    await eventually(lambda: len(running.gateway.sessions) == 0, "all sessions released")
+    await eventually(lambda: len(running.gateway.registry.sessions) == 0, "all sessions released")
     async with open_relay(running.ws_url, api_key=KEY, url=url) as relayed:
         await relayed.websocket.send_message("room again")
         assert await relayed.websocket.get_message() == "room again"
-
-
-async def _serve_memory(gateway: Gateway, nursery: trio.Nursery) -> trio.testing.MemoryStreamPair:
-    ours, theirs = trio.testing.memory_stream_pair()
-    nursery.start_soon(handle_connection, gateway, AsgiServer(GatewayApp(gateway)), theirs)
-    return ours  # type: ignore[return-value]
-
-
-async def test_connections_in_their_handshake_are_capped(
-    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
-) -> None:
-    """Slowloris: beyond max_handshakes, a new connection is closed at once; a
-    connection that finishes its request head frees its place."""
-    gateway = Gateway.from_config(make_config(max_handshakes=3, handshake_timeout=10.0))
-    slow: Sequence[trio.abc.Stream] = [await _serve_memory(gateway, nursery) for _ in range(3)]
-    for stream in slow:
-        await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # never finished
-    await trio.testing.wait_all_tasks_blocked()
-    assert gateway.capacity.handshakes == 3
-    start = trio.current_time()
-    extra = await _serve_memory(gateway, nursery)
-    assert await extra.receive_some() == b""  # closed without a byte read or written
-    assert trio.current_time() == start
-    # One slow client finishes its head: its place is free again.
-    await slow[0].send_all(b"\r\n")
-    answer = await slow[0].receive_some()
-    assert answer.startswith(b"HTTP/1.1 426")  # a plain GET /ws: answered, then closed
-    await trio.testing.wait_all_tasks_blocked()
-    assert gateway.capacity.handshakes == 2
-    served = await _serve_memory(gateway, nursery)
-    await served.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert (await served.receive_some()).startswith(b"HTTP/1.1 426")
-    # The rest are dropped at the handshake deadline, which frees every place.
-    for stream in slow[1:]:
-        assert await stream.receive_some() == b""
-    assert trio.current_time() - start >= 10.0
-    await trio.testing.wait_all_tasks_blocked()
-    assert gateway.capacity.handshakes == 0
-
-
-async def test_request_head_size(gateway: Running, nursery: trio.Nursery) -> None:
-    big = b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
-    # Whole in one read: measured once parsed (431). In memory, one send is one read.
-    stream = await _serve_memory(gateway.gateway, nursery)
-    await stream.send_all(big)
-    assert (await stream.receive_some()).startswith(b"HTTP/1.1 431")
-    # Over TCP it may arrive in pieces, and then h11 stops at the bound (400).
-    sock = await trio.open_tcp_stream("127.0.0.1", gateway.address.port)
-    await sock.send_all(big)
-    answer = b""
-    while chunk := await sock.receive_some():
-        answer += chunk
-    assert answer.split(b" ")[1] in (b"400", b"431")
-    await sock.aclose()
 
 
 async def test_config_rejects_nonsense_bounds() -> None:
@@ -281,22 +224,3 @@ async def test_over_capacity_refusal_does_not_wait_for_the_client(
     assert closed.value.reason.code == 1013
     assert trio.current_time() == start
     await first.aclose()
-
-
-async def test_http2_is_refused_so_no_connection_outlives_the_router(gateway: Running) -> None:
-    """Hypercorn would take an HTTP/2 preface or an h2c upgrade and keep the connection
-    open, out of reach of the handshake deadline: the router answers them itself."""
-    for request, status in (
-        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"505"),
-        (
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
-            b"400",
-        ),
-    ):
-        stream = await trio.open_tcp_stream("127.0.0.1", gateway.address.port)
-        await stream.send_all(request)
-        answer = b""
-        while chunk := await stream.receive_some():
-            answer += chunk
-        assert answer.split(b" ")[1] == status
-        await stream.aclose()

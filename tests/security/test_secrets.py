@@ -165,7 +165,7 @@ async def test_secrets_appear_in_no_log_error_or_endpoint(
     told = await _session_flows(secret_gateway, target)
     http = await _http_outputs(secret_gateway)
     # Every session has ended (and logged its end) before the logs are read.
-    stats = secret_gateway.gateway.stats
+    stats = secret_gateway.gateway.registry.stats
     await eventually(lambda: stats.sessions_active == 0, "every session to end")
     assert sum(stats.outcomes.values()) == stats.sessions_started
     # Everything the process logged, except the test's own HTTP and WebSocket clients.

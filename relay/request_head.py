@@ -1,0 +1,175 @@
+"""The steps every connection takes before anything routes it, for every listener.
+
+The gateway's port and a ``relay agent``'s port (which the README has users
+expose to the internet) take new connections through the same steps, in this
+module only, so a bound enforced on one can never be missing on the other:
+
+1. a place under the handshake cap (``[server] max_handshakes``): beyond it a
+   new connection is closed at once, before a byte is read or a TLS handshake
+   is spent on it;
+2. the TLS handshake, when the port serves TLS;
+3. the HTTP/1.x request head, read with h11 within ``max_request_head`` bytes.
+
+Steps 2 and 3 share one ``handshake_timeout`` deadline.  The answers the
+router gives itself follow: 400 for a malformed head, 431 for one over the
+size limit, 505 for HTTP/2 prior knowledge and 400 for an ``h2c`` upgrade (a
+long-lived HTTP/2 connection would escape every bound here).  What comes
+next — routes, tokens, keys — is the caller's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import ssl
+
+import attrs
+import h11
+import trio
+
+from relay.capacity import Capacity
+from relay.config import ServerConfig
+from relay.dataplane.hop import RECEIVE_SIZE
+from relay.wire.handshake import HandshakeError, is_upgrade, server_accept, server_reject
+
+__all__ = ["RequestHead", "read_request_head", "send_quietly", "take_request_head"]
+
+# A request line starts with a method token; anything else is refused at once.
+_METHOD_PEEK = 16
+_METHOD_PREFIX = re.compile(rb"^[A-Z]{1,15}( |$)")
+
+
+@attrs.define(slots=True, eq=False)
+class RequestHead:
+    """A connection whose request head has been read and passed every bound."""
+
+    stream: trio.abc.Stream  # TLS-wrapped when the port serves TLS
+    conn: h11.Connection
+    request: h11.Request
+    raw: bytes  # every byte read so far, for a replay into Hypercorn
+
+    @property
+    def path(self) -> str:
+        """The request target's path."""
+        return self.request.target.decode("latin-1").partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        """The request target's query string (without ``?``)."""
+        return self.request.target.decode("latin-1").partition("?")[2]
+
+    @property
+    def is_upgrade(self) -> bool:
+        """Whether the request asks for a WebSocket upgrade."""
+        return is_upgrade(self.request)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower case), or None."""
+        for key, value in self.request.headers:
+            if key == name:
+                return bytes(value)
+        return None
+
+    async def reject(self, status: int, text: str) -> None:
+        """Answer with a short plain-text error; the caller then closes."""
+        await send_quietly(self.stream, server_reject(self.conn, status, text))
+
+    async def accept_upgrade(self) -> bytes | None:
+        """Answer the WebSocket upgrade with 101 (or its error); the bytes already
+        read past the head, or None when there is no WebSocket."""
+        try:
+            response = server_accept(self.conn, self.request)
+        except HandshakeError as exc:
+            await self.reject(exc.status or 400, str(exc))
+            return None
+        try:
+            await self.stream.send_all(response)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        return bytes(self.conn.trailing_data[0])
+
+
+async def send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
+    """Send ``data`` unless the peer is already gone."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)
+
+
+async def take_request_head(
+    stream: trio.abc.Stream,
+    server: ServerConfig,
+    capacity: Capacity,
+    tls: ssl.SSLContext | None = None,
+) -> RequestHead | None:
+    """Steps 1-3 above; None when the connection was answered or dropped here
+    (the caller closes ``stream`` either way)."""
+    if not capacity.enter_handshake():
+        return None  # closed at once, before a byte is read
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=server.max_request_head)
+    request: h11.Request | None = None
+    raw = b""
+    try:
+        with trio.move_on_after(server.handshake_timeout):
+            if tls is not None:
+                secured = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+                try:
+                    await secured.do_handshake()
+                except trio.BrokenResourceError:
+                    return None  # not TLS, or a failed handshake: nothing to answer
+                stream = secured
+            request, raw = await read_request_head(stream, conn)
+    finally:
+        capacity.leave_handshake()
+    if request is None:
+        if raw:
+            await send_quietly(stream, server_reject(conn, 400, "Bad request"))
+        return None
+    # h11 bounds a head still incomplete; one that arrived whole in a single read is measured here.
+    if len(raw) - len(conn.trailing_data[0]) > server.max_request_head:
+        await send_quietly(stream, server_reject(conn, 431, "Request header fields too large"))
+        return None
+    refused = _unsupported(request)
+    if refused is not None:
+        await send_quietly(stream, server_reject(conn, *refused))
+        return None
+    return RequestHead(stream, conn, request, raw)
+
+
+async def read_request_head(
+    stream: trio.abc.Stream, conn: h11.Connection
+) -> tuple[h11.Request | None, bytes]:
+    """Read until a whole request head; returns it (or None) and every byte read."""
+    raw = bytearray()
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return None, bytes(raw)
+        if isinstance(event, h11.Request):
+            return event, bytes(raw)
+        if event is not h11.NEED_DATA:
+            return None, bytes(raw)
+        try:
+            data = await stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            return None, bytes(raw)
+        raw += data
+        if not _METHOD_PREFIX.match(raw[:_METHOD_PEEK]):
+            return None, bytes(raw)  # not HTTP: no point waiting for a line end
+        try:
+            conn.receive_data(bytes(data))
+        except h11.RemoteProtocolError:
+            return None, bytes(raw)
+
+
+def _unsupported(request: h11.Request) -> tuple[int, str] | None:
+    """Requests that would turn a connection into a long-lived HTTP/2 one behind the
+    router's back (prior knowledge, or an h2c upgrade): these ports speak HTTP/1.1."""
+    if request.http_version not in (b"1.0", b"1.1"):
+        return 505, "HTTP version not supported"
+    for name, value in request.headers:
+        if name == b"upgrade" and b"h2c" in value.lower():
+            return 400, "h2c upgrades are not supported"
+    return None
