@@ -28,7 +28,7 @@ from relay.dial import TargetConnection
 from relay.logs import fields
 from relay.registry import SessionRegistry
 from relay.slots import SessionClaim
-from relay.wire.closecodes import Outcome, SessionError, echo_code
+from relay.wire.closecodes import CloseCode, Outcome, SessionError, echo_code
 from relay.wire.connect import (
     ConnectRequest,
     connected_message,
@@ -102,7 +102,9 @@ async def _read_connect_message(client: Hop, max_size: int) -> str | None:
             continue
         if isinstance(item, Violation):
             outcome = (
-                Outcome.CONNECT_TOO_BIG if item.code == 1009 else Outcome.CLIENT_PROTOCOL_ERROR
+                Outcome.CONNECT_TOO_BIG
+                if item.code is CloseCode.MESSAGE_TOO_BIG
+                else Outcome.CLIENT_PROTOCOL_ERROR
             )
             raise SessionError(outcome, _connect_violation(item, max_size))
         frame: Frame = item
@@ -112,7 +114,7 @@ async def _read_connect_message(client: Hop, max_size: int) -> str | None:
         if frame.opcode == PONG:
             continue
         if frame.opcode == CLOSE:
-            client.close_received = parse_close_payload(frame.payload)
+            client.peer_closed(parse_close_payload(frame.payload))
             return None
         if frame.opcode == BINARY and not parts:
             raise SessionError(
@@ -139,7 +141,7 @@ async def _read_connect_message(client: Hop, max_size: int) -> str | None:
 
 
 def _connect_violation(violation: Violation, max_size: int) -> str:
-    if violation.code == 1009:
+    if violation.code is CloseCode.MESSAGE_TOO_BIG:
         return f"The connect message is over {max_size} bytes"
     return f"Protocol error: {violation.reason}"
 

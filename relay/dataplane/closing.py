@@ -29,7 +29,7 @@ async def _await_close(hop: Hop) -> None:
             return
         stop = incoming.feed(data).stop
         if isinstance(stop, CloseFrame):
-            hop.close_received = stop
+            hop.peer_closed(stop)
 
 
 async def close_hop(hop: Hop, code: int | None, reason: str, can_send: bool, grace: float) -> None:
@@ -37,12 +37,12 @@ async def close_hop(hop: Hop, code: int | None, reason: str, can_send: bool, gra
     for its answer, disconnect."""
     with trio.move_on_after(grace):
         try:
-            if can_send and not hop.close_sent and not hop.lost and not hop.send_broken:
+            if can_send and hop.can_send_close:
                 await hop.send_close(code, reason)
             if hop.close_sent and not hop.send_broken and not hop.incoming.broken:
                 await _await_close(hop)
         except trio.BrokenResourceError:
-            hop.lost = True
+            hop.mark_lost()
     await hop.aclose()
 
 
@@ -87,5 +87,5 @@ async def refuse(client: Hop, error: SessionError, text: str, grace: float) -> N
             if client.close_received is None and not client.lost:
                 await client.send_frame(TEXT, text.encode())
         except trio.BrokenResourceError:
-            client.lost = True
+            client.mark_lost()
     await close_hop(client, error.close_code, error.message, True, grace)

@@ -1,8 +1,10 @@
 """One side of a relayed session: the relay's end of a WebSocket connection.
 
-A hop owns its stream and remembers what the close handshake and the session's
-end need to know: whether a close went each way, and whether a frame can still
-be written (a send cut short by cancellation leaves the stream mid-frame).
+A hop owns its stream and its close state — whether a close went each way,
+what code the close sent to it carried, whether the connection is lost, and
+whether a frame can still be written (a send cut short by cancellation leaves
+the stream mid-frame).  Everything that changes that state is a method here;
+the pumps, the closing rules and the session only read it.
 """
 
 from __future__ import annotations
@@ -107,6 +109,28 @@ class Hop:
         self.send_broken = False
         self.closed = False
 
+    # -- close state: every change goes through these ---------------------------
+
+    def peer_closed(self, frame: CloseFrame) -> None:
+        """The peer's close frame has been read from this hop."""
+        self.close_received = frame
+
+    def close_relayed(self, code: int | None) -> None:
+        """The other side's close frame (with ``code``) has been written to this hop."""
+        self.close_sent = True
+        self.sent_close_code = code
+
+    def mark_lost(self) -> None:
+        """The connection is gone (a send failed, or EOF was read)."""
+        self.lost = True
+
+    @property
+    def can_send_close(self) -> bool:
+        """Whether a close frame of the relay's own can still be written here."""
+        return not (self.close_sent or self.lost or self.send_broken)
+
+    # -- I/O -------------------------------------------------------------------
+
     async def receive(self) -> bytes | bytearray:
         """The next bytes from the peer; ``b""`` once the connection is gone."""
         data: bytes | bytearray
@@ -142,7 +166,7 @@ class Hop:
                 data = ready
                 await trio.lowlevel.checkpoint()
         if not data:
-            self.lost = True
+            self.mark_lost()
         size = len(data)
         self.drained = size < self.read_size
         # A busy stream (a full read) reads more at a time: fewer trips per
@@ -207,8 +231,7 @@ class Hop:
         """Send the relay's own close frame, once."""
         if self.close_sent:
             return
-        self.close_sent = True
-        self.sent_close_code = code
+        self.close_relayed(code)
         mask = self.keys.next() if self.is_target else None
         await self.send_bytes(encode_close(code, reason, mask=mask))
 

@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from relay.dataplane.hop import Hop
-from relay.wire.closecodes import Outcome
+from relay.wire.closecodes import CloseCode, Outcome
 from relay.wire.frames import CloseFrame, Violation
 
 __all__ = ["Ending", "RelayWatch", "pump", "relay_frames"]
@@ -32,7 +32,7 @@ def _lost(hop: Hop) -> Ending:
 
 
 def _violation(hop: Hop, violation: Violation) -> Ending:
-    if violation.code == 1009:
+    if violation.code is CloseCode.MESSAGE_TOO_BIG:
         return Ending(Outcome.MESSAGE_TOO_BIG, violation.reason)
     outcome = Outcome.TARGET_PROTOCOL_ERROR if hop.is_target else Outcome.CLIENT_PROTOCOL_ERROR
     return Ending(outcome, violation.reason)
@@ -54,7 +54,7 @@ async def pump(src: Hop, dst: Hop, on_data: Callable[[], None] | None = None) ->
             try:
                 await dst.send_bytes(out)
             except trio.BrokenResourceError:
-                dst.lost = True
+                dst.mark_lost()
                 return _lost(dst)
         del out
         if data_seen and on_data is not None:
@@ -62,9 +62,8 @@ async def pump(src: Hop, dst: Hop, on_data: Callable[[], None] | None = None) ->
         if stop is None:
             continue
         if isinstance(stop, CloseFrame):
-            src.close_received = stop
-            dst.close_sent = True
-            dst.sent_close_code = stop.code
+            src.peer_closed(stop)
+            dst.close_relayed(stop.code)
             return None
         return _violation(src, stop)
 

@@ -1,4 +1,4 @@
-"""The one place where session outcomes become WebSocket close codes.
+"""WebSocket close codes by name, and the one place where session outcomes become them.
 
 Closes relayed from one side to the other are forwarded byte for byte and
 never pass through here; this module decides only the closes the relay itself
@@ -19,6 +19,7 @@ __all__ = [
     "POLICY_VIOLATION",
     "PROTOCOL_ERROR",
     "TRY_AGAIN_LATER",
+    "CloseCode",
     "Outcome",
     "SessionError",
     "code_for",
@@ -26,13 +27,29 @@ __all__ = [
     "reason_for",
 ]
 
-NORMAL = 1000
-GOING_AWAY = 1001
-PROTOCOL_ERROR = 1002
-POLICY_VIOLATION = 1008
-MESSAGE_TOO_BIG = 1009
-INTERNAL_ERROR = 1011
-TRY_AGAIN_LATER = 1013
+
+class CloseCode(enum.IntEnum):
+    """The close codes the relay itself sends (RFC 6455 section 7.4.1, IANA registry).
+
+    Codes relayed from a peer are forwarded as the integers they are.
+    """
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+NORMAL = CloseCode.NORMAL
+GOING_AWAY = CloseCode.GOING_AWAY
+PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
+POLICY_VIOLATION = CloseCode.POLICY_VIOLATION
+MESSAGE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG
+INTERNAL_ERROR = CloseCode.INTERNAL_ERROR
+TRY_AGAIN_LATER = CloseCode.TRY_AGAIN_LATER
 
 # Codes that describe a condition and must never appear in a close frame.
 _NOT_ON_WIRE = frozenset({1004, 1005, 1006, 1015})
@@ -62,7 +79,7 @@ class Outcome(enum.Enum):
     CLOSED = "closed"  # a close handshake relayed end to end
 
 
-_CLIENT_CODE: dict[Outcome, int] = {
+_CLIENT_CODE: dict[Outcome, CloseCode] = {
     Outcome.BAD_REQUEST: POLICY_VIOLATION,
     Outcome.AUTH_FAILED: POLICY_VIOLATION,
     Outcome.RATE_LIMITED: POLICY_VIOLATION,
@@ -84,7 +101,7 @@ _CLIENT_CODE: dict[Outcome, int] = {
 }
 
 # The target only ever hears from the relay once a session is relaying.
-_TARGET_CODE: dict[Outcome, int] = {
+_TARGET_CODE: dict[Outcome, CloseCode] = {
     Outcome.CLIENT_PROTOCOL_ERROR: INTERNAL_ERROR,
     Outcome.TARGET_PROTOCOL_ERROR: PROTOCOL_ERROR,
     Outcome.MESSAGE_TOO_BIG: MESSAGE_TOO_BIG,
@@ -95,7 +112,7 @@ _TARGET_CODE: dict[Outcome, int] = {
 }
 
 
-def code_for(outcome: Outcome, *, to_target: bool) -> int:
+def code_for(outcome: Outcome, *, to_target: bool) -> CloseCode:
     """The close code the relay sends for ``outcome`` to the client or the target."""
     table = _TARGET_CODE if to_target else _CLIENT_CODE
     return table.get(outcome, INTERNAL_ERROR)
@@ -150,6 +167,6 @@ class SessionError(Exception):
         return self.message
 
     @property
-    def close_code(self) -> int:
+    def close_code(self) -> CloseCode:
         """The close code the client receives."""
         return code_for(self.outcome, to_target=False)

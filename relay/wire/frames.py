@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import attrs
 
+from relay.wire.closecodes import CloseCode
 from relay.wire.mask import MASK_KEYS, MaskKeys, xor_bytes, xor_region
 
 __all__ = [
@@ -81,9 +82,10 @@ class CloseFrame:
 
 @attrs.frozen
 class Violation:
-    """The peer broke a rule the relay enforces itself; ``code`` is 1002 or 1009."""
+    """The peer broke a rule the relay enforces itself: a protocol error or a
+    message over the size limit."""
 
-    code: int
+    code: CloseCode
     reason: str
 
 
@@ -136,11 +138,6 @@ def parse_header(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int, 
     if end - pos < _header_length(b1):
         return None
     return buf[pos], b1, length
-
-
-def header_size(b1: int) -> int:
-    """Size in bytes of a frame header whose second byte is ``b1``."""
-    return _header_length(b1)
 
 
 def encode_frame(
@@ -304,10 +301,10 @@ class FrameRelay:
             if b1 & MASK_BIT:
                 hsize += 4
                 if not from_client:
-                    stop = self._break(1002, "frame from server masked")
+                    stop = self._break(CloseCode.PROTOCOL_ERROR, "frame from server masked")
                     break
             elif from_client:
-                stop = self._break(1002, "frame from client not masked")
+                stop = self._break(CloseCode.PROTOCOL_ERROR, "frame from client not masked")
                 break
             if end - pos < hsize:
                 break
@@ -315,14 +312,16 @@ class FrameRelay:
             frame_end = pos + hsize + length
             if opcode >= CLOSE:
                 if length > MAX_CONTROL_PAYLOAD or not b0 & FIN:
-                    stop = self._break(1002, "control frame fragmented or over 125 bytes")
+                    stop = self._break(
+                        CloseCode.PROTOCOL_ERROR, "control frame fragmented or over 125 bytes"
+                    )
                     break
             else:
                 total = self._message_size + length if opcode == CONTINUATION else length
                 if total > max_message:
                     # Refuse this frame but keep the stream readable, so the
                     # peer's answer to the 1009 close can still be found.
-                    stop = Violation(1009, f"message over {max_message} bytes")
+                    stop = Violation(CloseCode.MESSAGE_TOO_BIG, f"message over {max_message} bytes")
                     self._message_size = 0
                     self._remaining = max(0, frame_end - end)
                     self._skipping = True
@@ -398,7 +397,7 @@ class FrameRelay:
         self.forwarded += n
         return Chunk(xor_bytes(data, key), self._streaming_data)
 
-    def _break(self, code: int, reason: str) -> Violation:
+    def _break(self, code: CloseCode, reason: str) -> Violation:
         self.broken = True
         return Violation(code, reason)
 
@@ -444,11 +443,11 @@ class FrameReader:
         b0, b1, length = header
         opcode = b0 & 0x0F
         if bool(b1 & MASK_BIT) != self._from_client:
-            return Violation(1002, "frame not masked as its role requires")
+            return Violation(CloseCode.PROTOCOL_ERROR, "frame not masked as its role requires")
         if opcode >= CLOSE and (length > MAX_CONTROL_PAYLOAD or not b0 & FIN):
-            return Violation(1002, "control frame fragmented or over 125 bytes")
+            return Violation(CloseCode.PROTOCOL_ERROR, "control frame fragmented or over 125 bytes")
         if length > self._max_frame:
-            return Violation(1009, f"frame over {self._max_frame} bytes")
+            return Violation(CloseCode.MESSAGE_TOO_BIG, f"frame over {self._max_frame} bytes")
         hsize = _header_length(b1)
         if len(buf) < hsize + length:
             return None
