@@ -30,7 +30,13 @@ from relay.converter import (
     structure,
 )
 from relay.targets import Rules, TargetPolicy, parse_port_range, parse_rule
-from relay.wire.connect import MAX_URL_LENGTH, ConnectLimits, parse_target_url
+from relay.wire.connect import (
+    MAX_URL_LENGTH,
+    ConnectLimits,
+    parse_target_url,
+    valid_country,
+    valid_slug,
+)
 
 __all__ = [
     "AgentConfig",
@@ -50,7 +56,6 @@ __all__ = [
 
 DEFAULT_BIND = "127.0.0.1:8080"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class ConfigError(Exception):
@@ -342,15 +347,11 @@ def _kind_fields(instance: Any, _attribute: Any, _value: Any) -> None:
 class AgentConfig:
     """One ``[[agents]]`` entry: where target connections leave from."""
 
-    slug: str = attrs.field(
-        validator=check(lambda v: bool(_SLUG.match(v)), "must be a slug like 'de1'")
-    )
+    slug: str = attrs.field(validator=check(valid_slug, "must be a slug like 'de1'"))
     country: str | None = attrs.field(
         default=None,
         converter=_upper,
-        validator=check(
-            lambda v: v is None or bool(re.match(r"^[A-Z]{2}$", v)), "must be a two-letter ISO code"
-        ),
+        validator=check(valid_country, "must be a two-letter ISO code"),
     )
     node_id: str | None = None
     kind: str = attrs.field(
@@ -441,15 +442,11 @@ class NodeSettings:
 
     token: str | None = secret_field()
     token_sha256: str | None = sha256_field()
-    slug: str = attrs.field(
-        default="agent", validator=check(lambda v: bool(_SLUG.match(v)), "must be a slug")
-    )
+    slug: str = attrs.field(default="agent", validator=check(valid_slug, "must be a slug"))
     country: str | None = attrs.field(
         default=None,
         converter=_upper,
-        validator=check(
-            lambda v: v is None or bool(re.match(r"^[A-Z]{2}$", v)), "must be a two-letter ISO code"
-        ),
+        validator=check(valid_country, "must be a two-letter ISO code"),
     )
     node_id: str | None = None
     # Optional upstream proxy for this node's dials (credentials: no repr).

@@ -30,6 +30,8 @@ from relay.converter import (
 from relay.wire.handshake import forbidden_header
 
 __all__ = [
+    "COUNTRY",
+    "SLUG",
     "ConnectLimits",
     "ConnectMessage",
     "ConnectRequest",
@@ -39,11 +41,27 @@ __all__ = [
     "parse_connect_message",
     "parse_connect_query",
     "parse_target_url",
+    "valid_country",
+    "valid_slug",
 ]
 
 MAX_URL_LENGTH = 8192  # the default of [server] max_url_length
-_COUNTRY = re.compile(r"[A-Za-z]{2}")
-_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+COUNTRY = re.compile(r"[A-Za-z]{2}")
+"""An ISO 3166-1 alpha-2 country code, any case (``fullmatch``)."""
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""An agent's slug (``fullmatch``)."""
+
+
+def valid_slug(value: str) -> bool:
+    """Whether ``value`` is an agent slug like ``de1``."""
+    return SLUG.fullmatch(value) is not None
+
+
+def valid_country(value: str | None) -> bool:
+    """Whether ``value`` is None or a two-letter ISO country code."""
+    return value is None or COUNTRY.fullmatch(value) is not None
+
+
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _COOKIE_NAME = _HEADER_NAME
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
@@ -54,7 +72,7 @@ _TARGET_SAFE = string.punctuation
 
 
 def _valid_url(value: str) -> bool:
-    return _parse_target_url(value) is not None
+    return parse_target_url(value) is not None
 
 
 def _comma_list(pattern: re.Pattern[str]) -> Any:
@@ -144,12 +162,12 @@ class ConnectMessage:
     )
     geo: str | None = attrs.field(
         default=None,
-        validator=check(_comma_list(_COUNTRY), "must be comma-separated two-letter ISO codes"),
+        validator=check(_comma_list(COUNTRY), "must be comma-separated two-letter ISO codes"),
         metadata=_doc("Comma-separated ISO country codes the agent must be in (e.g. US,DE)."),
     )
     agent: str | None = attrs.field(
         default=None,
-        validator=check(_comma_list(_SLUG), "must be comma-separated agent slugs"),
+        validator=check(_comma_list(SLUG), "must be comma-separated agent slugs"),
         metadata=_doc("Agent slug, or comma-separated slugs for a random pick (de1,at5)."),
     )
     idle_timeout: float = attrs.field(
@@ -201,7 +219,7 @@ def _ascii_host(host: str) -> str | None:
     return name
 
 
-def _parse_target_url(value: str) -> TargetURL | None:
+def parse_target_url(value: str) -> TargetURL | None:
     if _CONTROL.search(value) or " " in value or not _encodable(value):
         return None
     try:
@@ -282,7 +300,7 @@ def _to_request(
         raise refuse("url", f"must be at most {limits.max_url_length} characters")
     if len(message.headers) > limits.max_headers:
         raise refuse("headers", f"at most {limits.max_headers} headers")
-    target = _parse_target_url(message.url)
+    target = parse_target_url(message.url)
     assert target is not None  # guaranteed by the validator
     # Surrounding whitespace is not part of a header value (and h11 refuses it).
     headers = [(name, value.strip(" \t")) for name, value in message.headers.items()]
@@ -377,8 +395,3 @@ def connected_message(node_id: str, status: int = 101) -> str:
 def error_message(message: str) -> str:
     """An ``error`` answer, as JSON text."""
     return json.dumps({"type": "error", "message": message})
-
-
-def parse_target_url(value: str) -> TargetURL | None:
-    """A ``ws://`` / ``wss://`` URL checked like the connect message's ``url``; None if invalid."""
-    return _parse_target_url(value)
