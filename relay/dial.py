@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import attrs
 import trio
 
+from relay.browser.curltls import TLSFailure, ca_bundle, start_browser_tls
+from relay.browser.profiles import BrowserProfile, origin_of, upgrade_headers
 from relay.dataplane.hop import RECEIVE_SIZE, adopt_socket
 from relay.keepalive import hop_keepalive
 from relay.targets import Resolver, TargetPolicy, resolve_checked, system_resolver
@@ -28,6 +30,7 @@ __all__ = [
     "connect_tcp",
     "open_target",
     "os_error_text",
+    "start_target_tls",
     "start_tls",
     "upgrade",
 ]
@@ -149,16 +152,68 @@ async def start_tls(
     return tls
 
 
+async def start_target_tls(
+    stream: trio.abc.Stream,
+    target: TargetURL,
+    settings: DialSettings,
+    browser: BrowserProfile | None = None,
+) -> trio.abc.Stream:
+    """TLS to a ``wss://`` target: Python's, or ``browser``'s ClientHello (relay/browser).
+
+    On failure the caller still owns (and closes) ``stream``; on success a
+    browser-TLS stream replaces it (curl owns a duplicate of its socket) and
+    ``stream`` is closed here.
+    """
+    if browser is None:
+        return await start_tls(stream, target.host, settings.ssl_context)
+    if type(stream) is not trio.SocketStream:
+        raise SessionError(
+            Outcome.TARGET_FAILED,
+            "TLS handshake with target failed: a browser's TLS needs a plain TCP connection",
+        )
+    try:
+        tls = await start_browser_tls(
+            stream, target.host, target.port, browser, ca_bundle(settings.ssl_context)
+        )
+    except TLSFailure as exc:
+        raise SessionError(
+            Outcome.TARGET_FAILED, f"TLS handshake with target failed: {exc}"
+        ) from None
+    stream.socket.close()  # curl works on its own duplicate of the socket
+    return tls
+
+
 async def upgrade(
-    stream: trio.abc.Stream, request: ConnectRequest, *, max_response_head: int = 64 * 1024
+    stream: trio.abc.Stream,
+    request: ConnectRequest,
+    *,
+    max_response_head: int = 64 * 1024,
+    browser: BrowserProfile | None = None,
 ) -> TargetConnection:
-    """Send the upgrade request over ``stream`` and wait for the 101."""
+    """Send the upgrade request over ``stream`` and wait for the 101.
+
+    With ``browser`` the request is laid out as that browser sends it.
+    """
     target = request.target
+    layout = None
+    if browser is not None:
+        origin = origin_of(target.secure, target.host_header)
+
+        def layout(key: bytes) -> list[tuple[bytes, bytes]]:
+            return upgrade_headers(
+                browser,
+                host=target.host_header,
+                origin=origin,
+                key=key,
+                client_headers=request.upgrade_headers(),
+            )
+
     handshake = ClientHandshake(
         target.host_header,
         target.resource,
         request.upgrade_headers(),
         max_response_head=max_response_head,
+        layout=layout,
     )
     try:
         await stream.send_all(handshake.request_bytes)
@@ -180,9 +235,13 @@ async def upgrade(
 
 
 async def open_target(
-    request: ConnectRequest, settings: DialSettings, *, source_address: str | None = None
+    request: ConnectRequest,
+    settings: DialSettings,
+    *,
+    source_address: str | None = None,
+    browser: BrowserProfile | None = None,
 ) -> TargetConnection:
-    """Dial ``request``'s target directly from this process."""
+    """Dial ``request``'s target directly from this process (as ``browser``, if given)."""
     target = request.target
     stage = "resolving the target"
     stream: trio.abc.Stream | None = None
@@ -201,10 +260,10 @@ async def open_target(
             stream, sock = adopt_socket(stream)
             if target.secure:
                 stage = "the TLS handshake with the target"
-                stream = await start_tls(stream, target.host, settings.ssl_context)
+                stream = await start_target_tls(stream, target, settings, browser)
             stage = "the WebSocket handshake with the target"
             connection = await upgrade(
-                stream, request, max_response_head=settings.max_response_head
+                stream, request, max_response_head=settings.max_response_head, browser=browser
             )
             # Under TLS the socket carries ciphertext: the pumps must use the stream.
             return attrs.evolve(connection, sock=None if target.secure else sock)

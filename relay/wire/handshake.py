@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 
 import attrs
@@ -171,20 +171,27 @@ class ClientHandshake:
         extra_headers: Iterable[tuple[str, str]] = (),
         *,
         max_response_head: int = 64 * 1024,
+        layout: Callable[[bytes], list[tuple[bytes, bytes]]] | None = None,
     ) -> None:
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_response_head)
         self._key = websocket_key()
-        headers: list[tuple[bytes, bytes]] = [
-            (b"host", host_header.encode("idna" if not host_header.isascii() else "ascii")),
-            (b"upgrade", b"websocket"),
-            (b"connection", b"Upgrade"),
-            (b"sec-websocket-key", self._key),
-            (b"sec-websocket-version", b"13"),
-        ]
-        # Values are sent as UTF-8: servers that accept non-ASCII headers expect it.
-        headers.extend(
-            (name.encode("ascii"), value.encode("utf-8")) for name, value in extra_headers
-        )
+        headers: list[tuple[bytes, bytes]]
+        if layout is not None:
+            # A browser's request (relay/browser): every header, in its order
+            # and casing, from the key; the answer is judged as any other.
+            headers = layout(self._key)
+        else:
+            headers = [
+                (b"host", host_header.encode("idna" if not host_header.isascii() else "ascii")),
+                (b"upgrade", b"websocket"),
+                (b"connection", b"Upgrade"),
+                (b"sec-websocket-key", self._key),
+                (b"sec-websocket-version", b"13"),
+            ]
+            # Values are sent as UTF-8: servers that accept non-ASCII headers expect it.
+            headers.extend(
+                (name.encode("ascii"), value.encode("utf-8")) for name, value in extra_headers
+            )
         self.request_bytes = (
             self._conn.send(h11.Request(method="GET", target=resource, headers=headers)) or b""
         )
