@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +46,42 @@ def _positive(value: float) -> bool:
 
 
 _URL_PROBLEM = "must be an http:// or https:// URL with a host and no query"
+PLAIN_USER_AGENT = "Mozilla/5.0 (compatible; ws-relay-gateway-parser/0.1)"
+
+
+def chrome_profiles() -> list[str]:
+    """The desktop Chrome profiles the installed curl_cffi can impersonate."""
+    from curl_cffi.requests.impersonate import BrowserType
+
+    return [b.value for b in BrowserType if b.value.startswith("chrome") and "_" not in b.value]
+
+
+def resolve_profile(name: str) -> str:
+    """The curl_cffi profile for an ``impersonate`` value ("chrome": the newest Chrome)."""
+    if name == "chrome":
+        from curl_cffi.requests.impersonate import DEFAULT_CHROME
+
+        return str(DEFAULT_CHROME)
+    return name
+
+
+def _profile(value: str) -> bool:
+    return value in ("none", "chrome") or value in chrome_profiles()
+
+
+_PROFILE_PROBLEM = (
+    'must be "chrome", "none" or a desktop Chrome profile of the installed curl_cffi '
+    '(e.g. "chrome146"; see curl_cffi.requests.impersonate.BrowserType)'
+)
+
+
+def _user_agent_only_plain(instance: Any, _attribute: Any, value: str | None) -> None:
+    if value is not None and instance.impersonate != "none":
+        raise FieldError(
+            "user_agent",
+            'only with impersonate = "none": a Chrome profile sends the User-Agent '
+            "that matches its TLS fingerprint",
+        )
 
 
 @attrs.frozen
@@ -72,6 +109,10 @@ class DepopSourceConfig:
     page_size: int = attrs.field(
         default=24, validator=check(lambda v: 1 <= v <= 100, "must be 1..100")
     )
+    # Seconds between two Depop requests (public Depop tools keep to ~30 a minute).
+    request_spacing: float = attrs.field(
+        default=2.0, validator=check(_non_negative, "must be >= 0")
+    )
 
 
 @attrs.frozen
@@ -95,12 +136,32 @@ class HttpConfig:
     max_body_size: int = attrs.field(
         default=8 * 1024 * 1024, validator=check(lambda v: v >= 1024, "must be >= 1024")
     )
-    user_agent: str = attrs.field(
-        default="Mozilla/5.0 (compatible; ws-relay-gateway-parser/0.1)",
-        validator=check(
-            lambda v: bool(v) and not any(c in v for c in "\r\n\0"), "must be one line"
-        ),
+    # A CA bundle (PEM file) that replaces the usual roots for verifying the
+    # marketplaces, e.g. behind a TLS-inspecting corporate proxy.
+    ca_file: str | None = attrs.field(
+        default=None,
+        validator=check(lambda v: v is None or Path(v).is_file(), "must be a readable PEM file"),
     )
+    # "chrome" (the newest desktop Chrome profile of the installed curl_cffi), a
+    # pinned profile such as "chrome146", or "none" for the plain httpx client.
+    impersonate: str = attrs.field(default="chrome", validator=check(_profile, _PROFILE_PROBLEM))
+    # Only with impersonate = "none": a Chrome profile sends its own User-Agent,
+    # which must name the same version as its TLS fingerprint.
+    user_agent: str | None = attrs.field(
+        default=None,
+        validator=[
+            check(
+                lambda v: v is None or (bool(v) and not any(c in v for c in "\r\n\0")),
+                "must be one line",
+            ),
+            _user_agent_only_plain,
+        ],
+    )
+
+    @property
+    def plain_user_agent(self) -> str:
+        """The User-Agent of the plain client."""
+        return self.user_agent or PLAIN_USER_AGENT
 
 
 def _token_choice(instance: Any, _attribute: Any, _value: Any) -> None:

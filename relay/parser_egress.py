@@ -2,80 +2,69 @@
 
 A session filtered to a country (a Depop ``country_filter``, a Poshmark
 domain) is sent through a healthy agent of that country that can carry HTTP:
-a ``direct`` agent with a ``source_address``, or a ``proxy`` agent's upstream
-proxy.  The agent is chosen per request, so a request after an agent's failed
-health check goes through the next one.  ``remote`` agents relay WebSockets
-only; a country without an agent that carries HTTP goes out directly, as it
-would with no agents at all.
+a ``direct`` agent with a ``source_address`` (curl's local address), or a
+``proxy`` agent's upstream HTTP, HTTPS or SOCKS5 proxy.  The agent is chosen
+per request, so a request after an agent's failed health check goes through
+the next one; with none healthy the first is used anyway, and its failure is
+reported rather than the request leaving from another country unnoticed.
+``remote`` agents relay WebSockets only; a country without an agent that
+carries HTTP goes out directly, as it would with no agents at all.
 """
 
 from __future__ import annotations
 
-import importlib.util
+from urllib.parse import quote
 
-import httpx
-
-from parser_api.sources.http import Egress
+from parser_api.sources.http import Egress, Route
 from relay.agents.base import Agent, AgentPool
 from relay.agents.direct import DirectAgent
 from relay.agents.proxy import ProxyAgent
 
-__all__ = ["agent_egress"]
+__all__ = ["agent_egress", "agent_route"]
 
-# python-socks does SOCKS for WebSockets; httpx needs socksio for it, so SOCKS
-# proxies carry HTTP only when that is installed.
-_HTTP_PROXY_SCHEMES = frozenset(
-    {"http", "https", "socks5"} if importlib.util.find_spec("socksio") else {"http", "https"}
-)
+# SOCKS4 has no place in an HTTP client; curl speaks the other three natively.
+_HTTP_PROXY_SCHEMES = frozenset({"http", "https", "socks5"})
 
 
-def _transport(agent: Agent) -> httpx.AsyncBaseTransport | None:
+def agent_route(agent: Agent) -> Route | None:
     """How HTTP goes out through ``agent``; None if it cannot carry HTTP."""
     if isinstance(agent, DirectAgent) and agent.source_address is not None:
-        return httpx.AsyncHTTPTransport(local_address=agent.source_address)
+        return Route(local_address=agent.source_address)
     if isinstance(agent, ProxyAgent) and agent.proxy.scheme in _HTTP_PROXY_SCHEMES:
         proxy = agent.proxy
-        auth = (proxy.username or "", proxy.password or "") if proxy.username else None
-        url = f"{proxy.scheme}://{proxy.host}:{proxy.port}"
-        return httpx.AsyncHTTPTransport(proxy=httpx.Proxy(url, auth=auth))
+        scheme = proxy.scheme
+        if scheme == "socks5" and agent.remote_dns:
+            scheme = "socks5h"  # the proxy resolves names, as for the agent's WebSockets
+        auth = ""
+        if proxy.username is not None:
+            auth = f"{quote(proxy.username, safe='')}:{quote(proxy.password or '', safe='')}@"
+        host = f"[{proxy.host}]" if ":" in proxy.host else proxy.host
+        return Route(
+            proxy=f"{scheme}://{auth}{host}:{proxy.port}",
+            local_address=agent.source_address,
+            proxy_ssl=agent.proxy_ssl if proxy.scheme == "https" else None,
+        )
     return None
 
 
-class CountryTransport(httpx.AsyncBaseTransport):
-    """Sends each request through the first healthy of a country's agents.
+def agent_egress(pool: AgentPool) -> Egress:
+    """An ``egress(country)`` for :func:`parser_api.app.create_app` over ``pool``.
 
-    With none healthy it still uses the first: the request then fails where
-    the caller sees it, rather than leaving from another country unnoticed.
+    Called for every request: the first healthy agent of the country that
+    carries HTTP (the first such agent when none is healthy).
     """
 
-    def __init__(self, carriers: list[tuple[Agent, httpx.AsyncBaseTransport]]) -> None:
-        self._carriers = carriers
-
-    def _pick(self) -> tuple[Agent, httpx.AsyncBaseTransport]:
-        for carrier in self._carriers:
-            if carrier[0].healthy:
-                return carrier
-        return self._carriers[0]
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._pick()[1].handle_async_request(request)
-
-    async def aclose(self) -> None:
-        for _, transport in self._carriers:
-            await transport.aclose()
-
-
-def agent_egress(pool: AgentPool) -> Egress:
-    """An ``egress(country)`` for :func:`parser_api.app.create_app` over ``pool``."""
-
-    def egress(country: str | None) -> httpx.AsyncBaseTransport | None:
+    def egress(country: str | None) -> Route | None:
         if country is None:
             return None
         wanted = country.upper()
-        carriers = []
+        first: Route | None = None
         for agent in pool.agents:
-            if agent.country == wanted and (transport := _transport(agent)) is not None:
-                carriers.append((agent, transport))
-        return CountryTransport(carriers) if carriers else None
+            if agent.country != wanted or (route := agent_route(agent)) is None:
+                continue
+            if agent.healthy:
+                return route
+            first = first or route
+        return first
 
     return egress

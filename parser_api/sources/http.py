@@ -4,7 +4,13 @@ Politeness is per host and shared by every session of the process: one request
 in flight per host, ``request_spacing`` seconds between requests, retries with
 exponential backoff on 429 / 5xx / transport errors honouring ``Retry-After``
 (which also holds back every other session's requests to that host), and no
-retry at all on 403, which means "blocked" rather than "busy".
+retry at all on 403, which means "blocked" rather than "busy". A
+``Retry-After`` longer than ``max_retry_after`` is not waited out: the host is
+closed until then, and every request to it meanwhile is answered
+``upstream_rate_limited`` with the remaining time, without contacting it.
+
+How a request leaves (curl_cffi as Chrome, or httpx) is
+:mod:`parser_api.sources.fetchers`' business.
 
 The timing rules are pure functions (:func:`parse_retry_after`,
 :func:`backoff_delay`); the clock is Trio's, so tests run them under
@@ -13,14 +19,12 @@ The timing rules are pure functions (:func:`parse_retry_after`,
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import email.utils
 import http
 import logging
 import math
-from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import cast
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import attrs
@@ -28,12 +32,21 @@ import httpx
 import trio
 
 from parser_api.config import HttpConfig
+from parser_api.sources.fetchers import (
+    Answer,
+    BodyTooLarge,
+    Fetcher,
+    Route,
+    TransportFailure,
+    make_fetcher,
+)
 from relay.converter import InputError, loads_json
 
 __all__ = [
     "DomainGate",
     "Egress",
     "PoliteClient",
+    "Route",
     "UpstreamError",
     "backoff_delay",
     "parse_retry_after",
@@ -41,8 +54,9 @@ __all__ = [
 
 log = logging.getLogger("parser_api.http")
 
-# country (ISO alpha-2, upper case, or None) -> transport requests leave through (None: direct)
-Egress = Callable[[str | None], httpx.AsyncBaseTransport | None]
+# country (ISO alpha-2, upper case, or None) -> the route a request leaves by (None:
+# direct). Called for every request, so the choice can change between requests.
+Egress = Callable[[str | None], Route | None]
 
 
 @attrs.define
@@ -87,6 +101,8 @@ class DomainGate:
         self._spacing = spacing
         self._lock = trio.Lock()
         self._next_allowed = -math.inf
+        self._closed_until = -math.inf
+        self._closed_by: UpstreamError | None = None
 
     async def __aenter__(self) -> DomainGate:
         await self._lock.acquire()
@@ -105,6 +121,25 @@ class DomainGate:
         """Allow no request to this host for ``seconds`` from now."""
         self._next_allowed = max(self._next_allowed, trio.current_time() + seconds)
 
+    def close_for(self, seconds: float, cause: UpstreamError) -> None:
+        """Refuse requests to this host for ``seconds`` (a ``Retry-After`` we do not wait out)."""
+        until = trio.current_time() + seconds
+        if until > self._closed_until:
+            self._closed_until, self._closed_by = until, cause
+
+    def refusal(self, where: str) -> UpstreamError | None:
+        """The error to answer at once while the host is closed, else None."""
+        remaining = self._closed_until - trio.current_time()
+        if remaining <= 0 or self._closed_by is None:
+            return None
+        return UpstreamError(
+            "upstream_rate_limited",
+            f"{where}: the host asked for a pause (Retry-After); {math.ceil(remaining)} s left,"
+            " not contacted",
+            status=self._closed_by.status,
+            retry_after=float(math.ceil(remaining)),
+        )
+
 
 class PoliteClient:
     """GETs JSON from marketplaces; raises :class:`UpstreamError` with a protocol code."""
@@ -119,42 +154,24 @@ class PoliteClient:
         self.policy = policy
         self.requests_sent = 0
         self._gates: dict[str, DomainGate] = {}
-        self._transport = transport
         self._egress = egress
-        self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self.fetcher: Fetcher = make_fetcher(policy, transport)
 
     @property
     def closed(self) -> bool:
         """True once :meth:`aclose` ran and no request has been made since."""
-        return not self._clients
+        return self.fetcher.closed
 
     async def aclose(self) -> None:
         """Close pooled connections (a later request opens new ones)."""
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.aclose()
+        await self.fetcher.aclose()
 
-    def _client_for(self, country: str | None) -> httpx.AsyncClient:
-        key = country if self._egress is not None else None
-        client = self._clients.get(key)
-        if client is None:
-            transport = self._egress(country) if self._egress is not None else self._transport
-            # trust_env=False: the gateway picks the egress, not whatever HTTP_PROXY
-            # happens to be set in the server's environment.
-            client = self._clients[key] = httpx.AsyncClient(
-                transport=transport,
-                timeout=self.policy.timeout,
-                follow_redirects=False,
-                trust_env=False,
-                headers={"User-Agent": self.policy.user_agent, "Accept": "application/json"},
-            )
-        return client
-
-    def gate(self, host: str) -> DomainGate:
-        """The politeness gate for ``host`` (created on first use)."""
+    def gate(self, host: str, spacing: float | None = None) -> DomainGate:
+        """The politeness gate for ``host`` (created on first use, ``spacing`` apart)."""
         gate = self._gates.get(host)
         if gate is None:
-            gate = self._gates[host] = DomainGate(self.policy.request_spacing)
+            every = self.policy.request_spacing if spacing is None else spacing
+            gate = self._gates[host] = DomainGate(every)
         return gate
 
     async def get_json(
@@ -162,33 +179,40 @@ class PoliteClient:
         url: str,
         params: Mapping[str, str],
         *,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str | None] | None = None,
         country: str | None = None,
+        spacing: float | None = None,
     ) -> object:
         """GET ``url`` and return its JSON body, retrying politely; see the module doc.
 
-        ``country`` picks the egress (see :data:`Egress`) when one is configured.
+        ``country`` picks the egress (see :data:`Egress`) when one is configured;
+        ``spacing`` overrides ``request_spacing`` for this host.
         """
         host = urlsplit(url).netloc
         where = host + urlsplit(url).path
-        gate = self.gate(host)
+        gate = self.gate(host, spacing)
         attempt = 0
         while True:
+            if (refusal := gate.refusal(where)) is not None:
+                raise refusal
             async with gate:
-                client = self._client_for(country)
+                if (refusal := gate.refusal(where)) is not None:
+                    raise refusal
+                route = self._egress(country) if self._egress is not None else None
                 failure, retry_after, body = await self._attempt(
-                    client, url, params, headers, where
+                    url, params, headers or {}, country, route, where
                 )
                 if body is not None:
                     return _decode(body, where)
                 assert failure is not None
+                if retry_after is not None and retry_after > self.policy.max_retry_after:
+                    failure.message += f" (Retry-After {retry_after:.0f} s is longer than we wait)"
+                    gate.close_for(retry_after, failure)
+                    raise failure
                 if attempt >= self.policy.max_retries:
                     log.warning(
                         "upstream %s failed after %d attempts: %s", where, attempt + 1, failure
                     )
-                    raise failure
-                if retry_after is not None and retry_after > self.policy.max_retry_after:
-                    failure.message += f" (Retry-After {retry_after:.0f} s is longer than we wait)"
                     raise failure
                 delay = (
                     retry_after if retry_after is not None else backoff_delay(attempt, self.policy)
@@ -198,56 +222,44 @@ class PoliteClient:
 
     async def _attempt(
         self,
-        client: httpx.AsyncClient,
         url: str,
         params: Mapping[str, str],
-        headers: Mapping[str, str] | None,
+        headers: Mapping[str, str | None],
+        country: str | None,
+        route: Route | None,
         where: str,
     ) -> tuple[UpstreamError | None, float | None, bytes | None]:
         """One request: (retryable failure, its Retry-After, body); raises when final."""
         self.requests_sent += 1
+        log.debug("GET %s (country %s)", where, country)
         try:
-            async with client.stream("GET", url, params=params, headers=headers) as response:
-                status = response.status_code
-                if status == 200:
-                    return None, None, await self._read_limited(response, where)
-                await response.aclose()
-        except httpx.TimeoutException:
-            return UpstreamError("upstream_unreachable", f"{where}: request timed out"), None, None
-        except httpx.TransportError as exc:
-            problem = type(exc).__name__
-            return UpstreamError("upstream_unreachable", f"{where}: {problem}"), None, None
+            answer: Answer = await self.fetcher.get(
+                url, params, headers, country=country, route=route
+            )
+        except TransportFailure as exc:
+            return UpstreamError("upstream_unreachable", f"{where}: {exc.problem}"), None, None
+        except BodyTooLarge:
+            raise UpstreamError(
+                "upstream_bad_response",
+                f"{where}: response larger than {self.policy.max_body_size} bytes",
+                status=200,
+            ) from None
+        status = answer.status
+        if status == 200:
+            return None, None, answer.body
         phrase = _phrase(status)
         if status == 403:
             raise UpstreamError(
                 "upstream_blocked", f"{where} answered 403 {phrase}; not retried", status=status
             )
         if status == 429 or 500 <= status <= 599:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            retry_after = parse_retry_after(answer.headers.get("retry-after"))
             code = "upstream_rate_limited" if status == 429 else "upstream_error"
             error = UpstreamError(
                 code, f"{where} answered {status} {phrase}", status=status, retry_after=retry_after
             )
             return error, retry_after, None
         raise UpstreamError("upstream_error", f"{where} answered {status} {phrase}", status=status)
-
-    async def _read_limited(self, response: httpx.Response, where: str) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        # aiter_bytes() is an async generator (typed as an iterator): close it when we
-        # stop early, or Trio warns when it is garbage collected unfinished.
-        body = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
-        async with contextlib.aclosing(body) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size > self.policy.max_body_size:
-                    raise UpstreamError(
-                        "upstream_bad_response",
-                        f"{where}: response larger than {self.policy.max_body_size} bytes",
-                        status=200,
-                    )
-                chunks.append(chunk)
-        return b"".join(chunks)
 
 
 def _decode(body: bytes, where: str) -> object:

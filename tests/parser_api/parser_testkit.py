@@ -44,7 +44,7 @@ def make_config(market: FakeMarketplace, **overrides: Any) -> ParserConfig:
         "poshmark": PoshmarkSourceConfig(
             base_url_com=market.url("com"), base_url_ca=market.url("ca")
         ),
-        "depop": DepopSourceConfig(base_url=market.url("depop")),
+        "depop": DepopSourceConfig(base_url=market.url("depop"), request_spacing=0.0),
         "http": http,
         "fetch_timeout": 30.0,
     }

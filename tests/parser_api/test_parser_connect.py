@@ -14,6 +14,7 @@ import trio
 import trio_websocket
 
 from parser_api.app import create_app
+from parser_api.sources.http import Route
 from tests.parser_api.parser_fake_marketplace import FakeMarketplace
 from tests.parser_api.parser_testkit import (
     TOKEN,
@@ -201,14 +202,14 @@ async def test_shutdown_closes_sessions_with_1001(parser: ParserServer) -> None:
     assert await close_code(parser.ws_url()) == 1001  # and no new sessions
 
 
-async def test_egress_hook_chooses_the_transport_by_country(
+async def test_egress_hook_chooses_the_route_of_every_request(
     nursery: trio.Nursery, market: FakeMarketplace
 ) -> None:
     asked: list[str | None] = []
 
-    def egress(country: str | None) -> httpx.AsyncBaseTransport:
+    def egress(country: str | None) -> Route | None:
         asked.append(country)
-        return httpx.AsyncHTTPTransport()
+        return Route(local_address="127.0.0.5") if country == "GB" else None
 
     app = create_app(make_config(market), egress=egress)
     base = await serve(nursery, app)
@@ -223,4 +224,14 @@ async def test_egress_hook_chooses_the_transport_by_country(
             await ws.get_message()
             await ws.send_message('{"action": "parser.fetch", "payload": {}}')
             assert '"count":' in await ws.get_message()
-    assert asked == ["GB", "US", "CA"]  # one pooled client per egress country
+    # Asked for every request (so an agent's failover takes effect at once), in order.
+    assert len(asked) == len(market.requests)
+    assert [c for c, r in zip(asked, market.requests, strict=True) if r.domain == "depop"] == [
+        "GB"
+    ] * market.count("depop")
+    assert {c for c, r in zip(asked, market.requests, strict=True) if r.domain != "depop"} == {
+        "US",
+        "CA",
+    }
+    depop_peers = {r.peer for r in market.requests if r.domain == "depop"}
+    assert depop_peers == {"127.0.0.5"}

@@ -370,7 +370,9 @@ class HelloRecorder:
     ``("http/1.1",)`` so clients speak HTTP/1.1 and their header order can be
     read), one request head is read and answered with ``response``. With
     ``alpn=("h2",)`` the client speaks HTTP/2: its SETTINGS, WINDOW_UPDATE and
-    header list are recorded and ``response``'s body is sent as a 200.
+    header list are recorded and ``response`` (written as HTTP/1.1 text) is sent
+    as HTTP/2 frames: its status, its headers (connection-specific ones dropped)
+    and its body.
 
     Use as a context manager; ``connections`` fills in as clients connect, and
     :meth:`wait_for` waits until ``n`` connections are finished.
@@ -555,14 +557,15 @@ def _serve_h2(
     connection.h2_settings = settings
     decoded = hpack.Decoder().decode(block)
     connection.h2_headers = [(str(k), str(v)) for k, v in decoded]
-    body = response.split(b"\r\n\r\n", 1)[-1]
-    headers = hpack.Encoder().encode(
-        [
-            (":status", "200"),
-            ("content-type", "application/json"),
-            ("content-length", str(len(body))),
-        ]
-    )
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields = [(":status", status_line.split()[1])]
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name.strip().lower() not in ("connection", "content-length", "transfer-encoding"):
+            fields.append((name.strip().lower(), value.strip()))
+    fields.append(("content-length", str(len(body))))
+    headers = hpack.Encoder().encode(fields)
 
     def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
         return (
