@@ -53,9 +53,17 @@ async def _text(send: Send, status: int, data: bytes, content_type: str, *, meth
 class GatewayApp:
     """``/ws/docs``, ``/healthz``, ``/playground`` and any mounted sub-apps (by exact path)."""
 
-    def __init__(self, gateway: Gateway, mounts: dict[str, ASGIApp] | None = None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        mounts: dict[str, ASGIApp] | None = None,
+        *,
+        config_status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.gateway = gateway
         self.mounts = dict(mounts or {})
+        # The loaded configuration's hash and load time (relay/reload.py), when it reloads.
+        self.config_status = config_status
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI scope."""
@@ -153,7 +161,7 @@ class GatewayApp:
     def _health(self) -> dict[str, Any]:
         stats = self.gateway.registry.stats
         agents = self.gateway.agents.agents
-        return {
+        health: dict[str, Any] = {
             # Serving but unable to dial anything: say so without failing the probe.
             "status": "draining"
             if self.gateway.draining
@@ -163,6 +171,9 @@ class GatewayApp:
             "sessions_started": stats.sessions_started,
             "agents": [_agent_health(agent) for agent in agents],
         }
+        if self.config_status is not None:
+            health["config"] = self.config_status()
+        return health
 
 
 def _agent_health(agent: Agent) -> dict[str, Any]:

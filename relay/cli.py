@@ -14,12 +14,14 @@ from typing import TypeVar
 import attrs
 import trio
 
-from relay.config import Config, ConfigError, KeyConfig, load_config, parse_bind
+from relay.config import LOG_LEVELS, Config, ConfigError, parse_bind
+from relay.configsource import ConfigSource, prepare
 from relay.limits import open_limits
 from relay.logs import configure_logging
 from relay.malloc import tune_malloc
 from relay.node.cli import TOKEN_ENV, add_agent_parser, build_node_config, run_node
 from relay.node.node import Node
+from relay.opscli import add_ops_parsers, pid_file, run_keys_new, run_reload
 from relay.ratelimit import LimitsUnavailable
 from relay.server import BoundAddress, run_until_signalled
 from relay.workers import run_workers
@@ -69,33 +71,52 @@ def _parser() -> argparse.ArgumentParser:
         help="allow loopback and private target addresses (development, tests)",
     )
     serve_cmd.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level", choices=LOG_LEVELS, help="log threshold (default: [server] log_level, info)"
     )
     serve_cmd.add_argument(
         "--log-format", default="text", choices=["text", "json"], help="log line format"
     )
+    serve_cmd.add_argument(
+        "--pid-file", metavar="FILE", help="write the PID here (for relay reload); removed at exit"
+    )
     add_agent_parser(commands, _bind)
+    add_ops_parsers(commands)
     # Parsed by bench.cli itself; listed here for `relay --help`.
     commands.add_parser("bench", help="benchmark and load-test the relay (relay bench --help)")
     return parser
 
 
+def config_source(args: argparse.Namespace) -> ConfigSource:
+    """The file and the options ``relay serve`` (or ``relay config check``) was given."""
+    return ConfigSource(
+        path=args.config,
+        bind=getattr(args, "bind", None),
+        certfile=getattr(args, "certfile", None),
+        keyfile=getattr(args, "keyfile", None),
+        allow_private_targets=getattr(args, "allow_private_targets", False),
+        api_keys=tuple(getattr(args, "api_key", ())),
+    )
+
+
+def load_for_serve(args: argparse.Namespace) -> tuple[ConfigSource, Config, Generated]:
+    """Read, validate and build the configuration exactly as ``relay serve`` does.
+
+    Raises :class:`ConfigError` with the message ``relay serve`` prints.
+    """
+    first = config_source(args)
+    source, config = first.first_read()
+    prepare(config)  # CA files, proxies, the certificate: refused now, not at the first dial
+    generated = Generated(
+        source.dev_key if first.dev_key != source.dev_key else None,
+        source.parser_token if first.parser_token != source.parser_token else None,
+    )
+    return source, config, generated
+
+
 def build_config(args: argparse.Namespace) -> tuple[Config, Generated]:
     """The configuration ``relay serve`` runs with, and the secrets generated for it."""
-    config = load_config(args.config) if args.config else Config()
-    if args.bind:
-        config = attrs.evolve(config, server=attrs.evolve(config.server, bind=args.bind))
-    if args.certfile:
-        tls = {"certfile": args.certfile, "keyfile": args.keyfile}
-        config = attrs.evolve(config, server=attrs.evolve(config.server, **tls))
-    if args.allow_private_targets:
-        config = attrs.evolve(config, targets=attrs.evolve(config.targets, allow_private=True))
-    if args.api_key:
-        extra = tuple(KeyConfig(key=key, name=f"cli-{n}") for n, key in enumerate(args.api_key, 1))
-        config = attrs.evolve(config, keys=config.keys + extra)
-    config, api_key = config.with_dev_key()
-    parser, parser_token = config.parser.ensure_token()
-    return attrs.evolve(config, parser=parser), Generated(api_key, parser_token)
+    _source, config, generated = load_for_serve(args)
+    return config, generated
 
 
 @attrs.frozen
@@ -133,13 +154,20 @@ def _banner(address: BoundAddress, config: Config, generated: Generated) -> str:
     return "\n".join(lines)
 
 
-async def _serve(config: Config, generated: Generated) -> None:
+async def _serve(
+    config: Config, generated: Generated, source: ConfigSource, args: argparse.Namespace
+) -> None:
     await run_until_signalled(
-        config, on_ready=lambda address: print(_banner(address, config, generated), flush=True)
+        config,
+        source=source,
+        cli_log_level=args.log_level,
+        on_ready=lambda address: print(_banner(address, config, generated), flush=True),
     )
 
 
-async def _serve_workers(config: Config, generated: Generated, args: argparse.Namespace) -> None:
+async def _serve_workers(
+    config: Config, generated: Generated, source: ConfigSource, args: argparse.Namespace
+) -> None:
     # Checked once here: otherwise an unreachable Redis would only make every
     # worker exit at start-up, and the supervisor restart them again and again.
     async with open_limits(config.ratelimit):
@@ -150,6 +178,7 @@ async def _serve_workers(config: Config, generated: Generated, args: argparse.Na
                 run_workers,
                 config,
                 args.workers,
+                source=source,
                 log_level=args.log_level,
                 log_format=args.log_format,
             )
@@ -169,7 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_cli = importlib.import_module("bench.cli")
         return int(bench_cli.main(argv[1:]))
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level, getattr(args, "log_format", "text"))
+    if args.command == "config":
+        return _config_check(args.file)
+    if args.command == "keys":
+        return run_keys_new(args)
+    if args.command == "reload":
+        return run_reload(args, _check_file)
+    configure_logging(args.log_level or "info", getattr(args, "log_format", "text"))
     if args.log_level != "debug":
         # Its retries and dropped connections are reported once, by relay.limits.
         logging.getLogger("coredis").setLevel(logging.WARNING)
@@ -177,18 +212,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "agent":
         return _agent_main(args)
     try:
-        config, generated = build_config(args)
+        source, config, generated = load_for_serve(args)
     except ConfigError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
+    if args.log_level is None and config.server.log_level is not None:
+        logging.getLogger().setLevel(config.server.log_level.upper())
     if args.workers < 1:
         print("relay: --workers must be at least 1", file=sys.stderr)
         return 2
     try:
-        if args.workers > 1:
-            trio.run(_serve_workers, config, generated, args)
-        else:
-            trio.run(_serve, config, generated)
+        with pid_file(args.pid_file):
+            if args.workers > 1:
+                trio.run(_serve_workers, config, generated, source, args)
+            else:
+                trio.run(_serve, config, generated, source, args)
     except KeyboardInterrupt:
         return 0
     except (OSError, LimitsUnavailable, BaseExceptionGroup) as exc:
@@ -201,6 +239,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"relay: cannot listen on {config.server.bind}: {error.strerror}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _check_file(path: str) -> None:
+    """Validate ``path`` as ``relay serve --config path`` would; raises :class:`ConfigError`."""
+    load_for_serve(_parser().parse_args(["serve", "--config", path]))
+
+
+def _config_check(path: str) -> int:
+    """``relay config check FILE``: exit 0 if ``relay serve`` would start with it, else 2."""
+    try:
+        _source, config, generated = load_for_serve(
+            _parser().parse_args(["serve", "--config", path])
+        )
+    except ConfigError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    agents = ", ".join(agent.slug for agent in config.agents)
+    keys = "no keys (serve would generate a development key)"
+    if generated.api_key is None:
+        keys = f"{len(config.keys)} key(s)"
+    print(f"relay: {path} is valid: {keys}, agents {agents}")
     return 0
 
 

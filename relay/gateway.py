@@ -12,7 +12,7 @@ from relay.agents import Agent, AgentPool
 from relay.agents.factory import build_agent
 from relay.auth import KeyStore
 from relay.capacity import Capacity
-from relay.config import Config, NodeConfig, ServerConfig
+from relay.config import Config, KeyConfig, NodeConfig, ServerConfig
 from relay.dial import DialSettings, TargetConnection
 from relay.ratelimit import LimitsUnavailable, MemoryRateLimiter, RateLimiter
 from relay.registry import SessionRegistry
@@ -116,17 +116,28 @@ def configured_agents(config: Config, dial: DialSettings) -> list[Agent]:
     return [build_agent(agent, dial) for agent in config.agents]
 
 
-@attrs.frozen
+@attrs.define
 class GatewayFront:
-    """The gateway's ``/ws``: API key, one token, a session slot, an agent by ``geo``/``agent``."""
+    """The gateway's ``/ws``: API key, one token, a session slot, an agent by ``geo``/``agent``.
+
+    One per connection; it takes the ``[server]`` settings in force when the
+    connection arrived, so a reload changes new sessions, not open ones.
+    """
 
     gateway: Gateway
     query: str = ""
+    # The key the session was admitted with (a reload ending revoked keys' sessions reads it).
+    key: KeyConfig | None = attrs.field(default=None, init=False)
+    _server: ServerConfig = attrs.field(init=False)
+
+    @_server.default
+    def _server_now(self) -> ServerConfig:
+        return self.gateway.config.server
 
     @property
     def server(self) -> ServerConfig:
-        """The gateway's ``[server]`` settings."""
-        return self.gateway.config.server
+        """The gateway's ``[server]`` settings, as they were when this session arrived."""
+        return self._server
 
     @property
     def registry(self) -> SessionRegistry:
@@ -148,6 +159,7 @@ class GatewayFront:
         key = gateway.keys.lookup(request.api_key)
         if key is None:
             raise SessionError(Outcome.AUTH_FAILED, "Invalid or missing API key")
+        self.key = key
         session.key_id = key.key_id
         claim = session.claim = SessionClaim(gateway.slots, session_id=session.id)
         try:

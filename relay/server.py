@@ -6,7 +6,7 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import attrs
@@ -14,16 +14,21 @@ import trio
 
 from parser_api.app import ParserApp, create_app
 from parser_api.protocol import ENDPOINT as PARSER_PATH
-from relay.agents.health import run_health_checks
+from relay.agents.health import HealthChecks
 from relay.asgi import ASGIApp, GatewayApp
 from relay.config import Config
+from relay.configsource import ConfigSource, server_tls_context
 from relay.gateway import Gateway
 from relay.httpserver import AsgiServer
 from relay.limits import open_limits
 from relay.listener import handle_connection
 from relay.parser_egress import agent_egress
+from relay.reload import Reloader
 
-__all__ = ["BoundAddress", "run_until_signalled", "serve"]
+__all__ = ["BoundAddress", "run_until_signalled", "serve", "server_tls_context"]
+
+# SIGHUP re-reads the configuration; SIGUSR2 also ends sessions of revoked keys.
+RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR2)
 
 log = logging.getLogger("relay.server")
 
@@ -50,16 +55,6 @@ class BoundAddress:
     def _netloc(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
-
-
-def server_tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
-    """The TLS context for ``wss://``/``https://``: HTTP/1.1 only (the router reads
-    HTTP/1.1 request heads), TLS 1.2 at least."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile, keyfile)
-    context.set_alpn_protocols(["http/1.1"])
-    return context
 
 
 def _reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
@@ -96,6 +91,7 @@ async def serve(
     gateway: Gateway | None = None,
     mounts: dict[str, ASGIApp] | None = None,
     reuse_port: bool = False,
+    reloader: Reloader | None = None,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway until cancelled, or until ``gateway.registry.request_shutdown()``.
@@ -109,7 +105,9 @@ async def serve(
     without it the limits backend of ``[ratelimit]`` is opened first (Redis
     unreachable: :class:`relay.ratelimit.LimitsUnavailable`, nothing bound).
     ``mounts`` adds ASGI apps by exact path (e.g. ``/ws/parser``);
-    ``reuse_port`` lets several processes listen on the same address.
+    ``reuse_port`` lets several processes listen on the same address;
+    ``reloader`` (built on ``gateway``) gets the health checks, the parser app
+    and the TLS context to swap on a reload, and ``/healthz`` shows its config.
     """
     if gateway is None:
         async with open_limits(config.ratelimit) as limits:
@@ -127,20 +125,26 @@ async def serve(
     address = BoundAddress(str(sockname[0]), int(sockname[1]), tls=server.certfile is not None)
     mounts = dict(mounts or {})
     parser = _parser_app(config, gateway, mounts)
-    http = AsgiServer(GatewayApp(gateway, mounts), max_request_head=server.max_request_head)
+    status = reloader.status if reloader is not None else None
+    app = GatewayApp(gateway, mounts, config_status=status)
+    http = AsgiServer(app, max_request_head=server.max_request_head)
     tls = server_tls_context(server.certfile, server.keyfile) if server.certfile else None
+    health = reloader.health if reloader is not None else HealthChecks()
+    if reloader is not None:
+        reloader.parser, reloader.tls = parser, tls
     async with trio.open_nursery() as nursery:
         await nursery.start(http.run_lifespan)
-        await nursery.start(run_health_checks, gateway.agents.agents)
+        await nursery.start(health.run, gateway.agents.agents)
         log.info("relay listening on %s", address.ws_url)
         async with trio.open_nursery() as accepting:
             accepting.start_soon(
                 partial(trio.serve_listeners, handler_nursery=nursery),
-                partial(handle_connection, gateway, http, tls=tls),
+                _handler(gateway, http, tls, reloader),
                 listeners,
             )
             task_status.started(address)
             await gateway.registry.shutdown_requested.wait()
+            server = gateway.config.server  # a reload may have changed drain_period
             # Still listening while draining: /healthz says so (503), new /ws
             # upgrades are refused with 503, open sessions go on.
             log.info(
@@ -159,31 +163,66 @@ async def serve(
         nursery.cancel_scope.cancel()
 
 
+def _handler(
+    gateway: Gateway, http: AsgiServer, tls: ssl.SSLContext | None, reloader: Reloader | None
+) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """The connection handler; with a reloader, TLS takes its current context."""
+    if reloader is None or tls is None:
+        return partial(handle_connection, gateway, http, tls=tls)
+
+    def handler(stream: trio.SocketStream) -> Awaitable[None]:
+        # Not a coroutine of its own: no extra frame is kept for a session's life.
+        return handle_connection(gateway, http, stream, tls=reloader.tls)
+
+    return handler
+
+
 async def run_until_signalled(
     config: Config,
     *,
+    source: ConfigSource | None = None,
+    cli_log_level: str | None = None,
     reuse_port: bool = False,
     on_ready: Callable[[BoundAddress], None] = lambda address: None,
 ) -> None:
     """``serve()`` with the configured limits backend until SIGTERM or SIGINT.
 
     The first signal drains (see :func:`serve`); a second one stops at once.
-    ``on_ready`` is called with the bound address once the gateway accepts.
+    With a ``source`` (where ``config`` was read from), SIGHUP re-reads it
+    and SIGUSR2 does too, ending sessions of keys it no longer has
+    (relay/reload.py); ``cli_log_level`` is a ``--log-level`` the file must
+    not override.  ``on_ready`` is called with the bound address once the
+    gateway accepts.
     """
     async with open_limits(config.ratelimit) as limits:
         gateway = Gateway.from_config(config, limiter=limits.limiter, slots=limits.slots)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        reloader = None
+        if source is not None:
+            reloader = Reloader(gateway, source, cli_log_level=cli_log_level)
+        watched = (signal.SIGTERM, signal.SIGINT, *RELOAD_SIGNALS)
+        with trio.open_signal_receiver(*watched) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def run_gateway(task_status: trio.TaskStatus[BoundAddress]) -> None:
                     await serve(
-                        config, gateway=gateway, reuse_port=reuse_port, task_status=task_status
+                        config,
+                        gateway=gateway,
+                        reuse_port=reuse_port,
+                        reloader=reloader,
+                        task_status=task_status,
                     )
                     nursery.cancel_scope.cancel()  # drained: stop watching signals
 
                 async def watch_signals() -> None:
                     async for signum in signals:
                         name = signal.Signals(signum).name
+                        if signum in RELOAD_SIGNALS:
+                            if reloader is None:
+                                log.warning("%s: no configuration file to re-read", name)
+                            else:
+                                log.info("%s: re-reading the configuration", name)
+                                await reloader.reload(end_revoked=signum == signal.SIGUSR2)
+                            continue
                         if gateway.registry.shutdown_requested.is_set():
                             log.warning("second %s: stopping now", name)
                             nursery.cancel_scope.cancel()

@@ -8,6 +8,10 @@ SIGTERM/SIGINT passes the signal on and waits for the workers' graceful exits.
 
 The configuration reaches workers through the environment (as JSON from the
 one converter), not the command line, where other users could read a key.
+So does its source (the file and the command line's additions): on SIGHUP or
+SIGUSR2 the supervisor passes the signal to every worker, and each re-reads
+the file itself (relay/reload.py); the supervisor re-reads it too, so a
+worker restarted later starts with the configuration the others reloaded.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from functools import partial
 import attrs
 import trio
 
-from relay.config import Config, config_from_dict
-from relay.converter import converter
+from relay.config import Config, ConfigError, config_from_dict
+from relay.configsource import ConfigSource
+from relay.converter import converter, structure
 from relay.logs import configure_logging
 from relay.malloc import tune_malloc
 from relay.server import BoundAddress, run_until_signalled
@@ -36,6 +41,8 @@ __all__ = ["reserve_port", "run_workers"]
 log = logging.getLogger("relay.workers")
 
 CONFIG_ENV = "RELAY_WORKER_CONFIG"
+SOURCE_ENV = "RELAY_WORKER_SOURCE"
+RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR2)
 LOG_ENV = "RELAY_WORKER_LOG"
 READY = "relay worker ready"
 RESTART_DELAY = 1.0  # seconds before a crashed worker is started again
@@ -51,10 +58,14 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker_env(config: Config, log_level: str, log_format: str) -> dict[str, str]:
+def _worker_env(
+    config: Config, source: ConfigSource | None, log_level: str | None, log_format: str
+) -> dict[str, str]:
     env = dict(os.environ)
     env[CONFIG_ENV] = json.dumps(converter.unstructure(config))
-    env[LOG_ENV] = f"{log_level},{log_format}"
+    if source is not None:
+        env[SOURCE_ENV] = json.dumps(converter.unstructure(source))
+    env[LOG_ENV] = f"{log_level or ''},{log_format}"
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -106,7 +117,8 @@ async def run_workers(
     config: Config,
     count: int,
     *,
-    log_level: str,
+    source: ConfigSource | None = None,
+    log_level: str | None,
     log_format: str,
     task_status: trio.TaskStatus[tuple[BoundAddress, list[int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -116,16 +128,22 @@ async def run_workers(
     port = reservation.getsockname()[1]
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     config = attrs.evolve(config, server=attrs.evolve(config.server, bind=bind))
-    env = _worker_env(config, log_level, log_format)
+    if source is not None:
+        source = attrs.evolve(source, bind=bind)  # port 0 stays the port chosen here
+    env = _worker_env(config, source, log_level, log_format)
     pids: dict[int, int] = {}
     stopping = trio.Event()
     ready = trio.Semaphore(0)
-    with reservation, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    watched = (signal.SIGTERM, signal.SIGINT, *RELOAD_SIGNALS)
+    with reservation, trio.open_signal_receiver(*watched) as signals:
         async with trio.open_nursery() as supervisor:
 
             async def pass_signals_on() -> None:
                 async for signum in signals:
-                    stopping.set()
+                    if signum in RELOAD_SIGNALS:
+                        _refresh_env(env, source)
+                    else:
+                        stopping.set()
                     for pid in pids.values():
                         # A worker drains on the first signal and stops on a second.
                         with contextlib.suppress(ProcessLookupError):
@@ -142,10 +160,30 @@ async def run_workers(
             supervisor.cancel_scope.cancel()  # every worker has exited
 
 
-async def _worker_main() -> None:
+def _refresh_env(env: dict[str, str], source: ConfigSource | None) -> None:
+    """The configuration a worker restarted from now on starts with (unchanged if invalid:
+    the workers log why)."""
+    if source is None:
+        return
+    try:
+        config = source.read()
+    except ConfigError:
+        return
+    env[CONFIG_ENV] = json.dumps(converter.unstructure(config))
+
+
+async def _worker_main(cli_log_level: str | None) -> None:
     config = config_from_dict(json.loads(os.environ[CONFIG_ENV]))
+    if cli_log_level is None and config.server.log_level is not None:
+        logging.getLogger().setLevel(config.server.log_level.upper())
+    source: ConfigSource | None = None
+    if SOURCE_ENV in os.environ:
+        data = json.loads(os.environ[SOURCE_ENV])
+        source = structure(data, ConfigSource, what="worker configuration source")
     await run_until_signalled(
         config,
+        source=source,
+        cli_log_level=cli_log_level,
         reuse_port=True,
         on_ready=lambda address: print(f"{READY} pid={os.getpid()}", flush=True),
     )
@@ -153,6 +191,6 @@ async def _worker_main() -> None:
 
 if __name__ == "__main__":
     level, _, fmt = os.environ.get(LOG_ENV, "info,text").partition(",")
-    configure_logging(level, fmt or "text")
+    configure_logging(level or "info", fmt or "text")
     tune_malloc()
-    trio.run(_worker_main)
+    trio.run(_worker_main, level or None)
