@@ -19,6 +19,7 @@ import attrs
 from cattrs.gen import make_dict_structure_fn
 
 from parser_api.config import ParserConfig
+from relay.browser.profiles import known_profile
 from relay.converter import (
     FieldError,
     InputError,
@@ -330,6 +331,19 @@ def _agent_url(value: str | None) -> bool:
     return value is None or parse_target_url(value) is not None
 
 
+def _known_profile(value: str) -> bool:
+    return known_profile(value)
+
+
+def _impersonation_fits(instance: Any, _attribute: Any, _value: Any) -> None:
+    """A browser's TLS runs over a plain TCP tunnel: not through an ``https://`` proxy."""
+    uses = instance.impersonate != "none" or instance.allow_impersonate
+    if uses and instance.kind == "proxy" and (instance.proxy or "").lower().startswith("https:"):
+        raise FieldError(
+            "impersonate", "not available through an https:// proxy (the proxy itself is TLS)"
+        )
+
+
 def _kind_fields(instance: Any, _attribute: Any, _value: Any) -> None:
     """Each kind needs its own fields, and only those."""
     kind = instance.kind
@@ -392,6 +406,13 @@ class AgentConfig:
     health_url: str | None = attrs.field(
         default=None, validator=check(_agent_url, "must be a ws:// or wss:// URL")
     )
+    # Dial targets as this browser: "chrome", a pinned profile ("chrome146") or "none".
+    # A remote agent sends it to its node, which dials.  docs/decisions/0012-*.md
+    impersonate: str = attrs.field(
+        default="none", validator=check(_known_profile, "must be 'none', 'chrome' or a profile")
+    )
+    # Whether a session may choose its own profile with the connect message's impersonate.
+    allow_impersonate: bool = attrs.field(default=False, validator=_impersonation_fits)
 
     @property
     def reported_node_id(self) -> str:
@@ -462,6 +483,11 @@ class NodeSettings:
     source_address: str | None = attrs.field(
         default=None, validator=check(valid_ip, "must be an IP address")
     )
+    # This node's browser profile for links that name none (a link's own choice wins:
+    # the gateway, authenticated by the token, already applied its agent's rules).
+    impersonate: str = attrs.field(
+        default="none", validator=check(_known_profile, "must be 'none', 'chrome' or a profile")
+    )
     tls_cert: str | None = None  # PEM certificate chain: serve wss:// instead of ws://
     tls_key: str | None = None
 
@@ -481,6 +507,9 @@ class NodeSettings:
             remote_dns=self.remote_dns,
             ca_file=self.ca_file,
             source_address=self.source_address,
+            impersonate=self.impersonate,
+            # Links choose freely, except where no browser TLS is possible.
+            allow_impersonate=not (self.proxy or "").lower().startswith("https:"),
         )
 
 

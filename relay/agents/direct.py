@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from relay.browser.profiles import session_profile
 from relay.dial import DialSettings, TargetConnection, open_target
 from relay.wire.connect import ConnectRequest
 
@@ -21,7 +22,14 @@ class DirectAgent:
     source_address: str | None = None
     healthy: bool = True
     kind: str = "direct"
+    impersonate: str = "none"  # the browser profile its dials use (relay/browser)
+    allow_impersonate: bool = False  # whether a session may choose its own
 
     async def open(self, request: ConnectRequest) -> TargetConnection:
         """Open the target WebSocket from here."""
-        return await open_target(request, self.settings, source_address=self.source_address)
+        browser = session_profile(
+            self.slug, self.impersonate, self.allow_impersonate, request.impersonate
+        )
+        return await open_target(
+            request, self.settings, source_address=self.source_address, browser=browser
+        )

@@ -38,6 +38,8 @@ def build_agent(config: AgentConfig, dial: DialSettings) -> Agent:
             health_interval=config.health_interval,
             health_timeout=config.health_timeout,
             health_url=config.health_url,
+            impersonate=config.impersonate,
+            allow_impersonate=config.allow_impersonate,
         )
     if config.kind == "remote":
         assert config.url is not None
@@ -54,5 +56,15 @@ def build_agent(config: AgentConfig, dial: DialSettings) -> Agent:
             health_interval=config.health_interval,
             health_timeout=config.health_timeout,
             health_url=config.health_url,
+            impersonate=config.impersonate,
+            allow_impersonate=config.allow_impersonate,
         )
-    return DirectAgent(slug, country, node_id, dial, source_address=config.source_address)
+    return DirectAgent(
+        slug,
+        country,
+        node_id,
+        dial,
+        source_address=config.source_address,
+        impersonate=config.impersonate,
+        allow_impersonate=config.allow_impersonate,
+    )

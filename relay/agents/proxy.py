@@ -19,7 +19,15 @@ from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, Pr
 from python_socks.async_.trio.v2 import Proxy
 
 from relay.agents.health import Health, probe
-from relay.dial import DialSettings, TargetConnection, os_error_text, start_tls, upgrade
+from relay.browser.profiles import session_profile
+from relay.dial import (
+    DialSettings,
+    TargetConnection,
+    os_error_text,
+    start_target_tls,
+    start_tls,
+    upgrade,
+)
 from relay.keepalive import hop_keepalive
 from relay.targets import resolve_checked
 from relay.wire.closecodes import Outcome, SessionError
@@ -92,6 +100,8 @@ class ProxyAgent:
     health_timeout: float = 5.0
     health_url: str | None = None
     kind: str = "proxy"
+    impersonate: str = "none"  # the browser profile its dials use (relay/browser)
+    allow_impersonate: bool = False  # whether a session may choose its own
 
     @property
     def healthy(self) -> bool:
@@ -202,6 +212,9 @@ class ProxyAgent:
     async def open(self, request: ConnectRequest) -> TargetConnection:
         """Open the target WebSocket through the proxy."""
         target = request.target
+        browser = session_profile(
+            self.slug, self.impersonate, self.allow_impersonate, request.impersonate
+        )
         stage = "proxy"
         stream: trio.abc.Stream | None = None
         with trio.move_on_after(self.settings.timeout):
@@ -211,10 +224,13 @@ class ProxyAgent:
                 hop_keepalive(stream, self.settings.keepalive)
                 if target.secure:
                     stage = "the TLS handshake with the target"
-                    stream = await start_tls(stream, target.host, self.settings.ssl_context)
+                    stream = await start_target_tls(stream, target, self.settings, browser)
                 stage = "the WebSocket handshake with the target"
                 return await upgrade(
-                    stream, request, max_response_head=self.settings.max_response_head
+                    stream,
+                    request,
+                    max_response_head=self.settings.max_response_head,
+                    browser=browser,
                 )
             except BaseException:
                 if stream is not None:

@@ -32,6 +32,7 @@ from trio_websocket import (
 
 from relay.agents.base import plain_request
 from relay.agents.health import Health, probe
+from relay.browser.profiles import session_profile
 from relay.converter import InputError, loads_json, structure
 from relay.dataplane.hop import RECEIVE_SIZE, adopt_socket
 from relay.dial import DialSettings, TargetConnection, os_error_text, start_tls, upgrade
@@ -67,11 +68,14 @@ def keep_link_alive(stream: trio.abc.Stream, timeout: float = LINK_TIMEOUT) -> N
     set_keepalive(stream, idle=idle, interval=1, probes=seconds - idle, user_timeout=seconds)
 
 
-def link_message(request: ConnectRequest, source_address: str | None = None) -> str:
+def link_message(
+    request: ConnectRequest, source_address: str | None = None, impersonate: str | None = None
+) -> str:
     """The first message on a link: the connect message's shape, no API key.
 
     Cookies are already merged into the ``Cookie`` header, so the agent
-    validates and dials exactly what the gateway validated.
+    validates and dials exactly what the gateway validated.  ``impersonate``
+    is the browser profile the agent dials with (None: the agent's own).
     """
     fields: dict[str, object] = {
         "url": request.url,
@@ -80,6 +84,8 @@ def link_message(request: ConnectRequest, source_address: str | None = None) -> 
     }
     if source_address is not None:
         fields["source_address"] = source_address
+    if impersonate is not None:
+        fields["impersonate"] = impersonate
     return json.dumps(fields)
 
 
@@ -127,6 +133,9 @@ class RemoteAgent:
     health_timeout: float = 5.0
     health_url: str | None = None
     kind: str = "remote"
+    # The browser profile the agent dials with; "none" leaves it to the agent's own.
+    impersonate: str = "none"
+    allow_impersonate: bool = False  # whether a session may choose its own
     _link: TargetURL = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -212,6 +221,9 @@ class RemoteAgent:
 
     async def open(self, request: ConnectRequest) -> TargetConnection:
         """Hand ``request`` to the agent; the link, once the agent's target answered 101."""
+        browser = session_profile(
+            self.slug, self.impersonate, self.allow_impersonate, request.impersonate
+        )
         stream: trio.abc.Stream | None = None
         answered = False
         with trio.move_on_after(self.settings.timeout + ANSWER_GRACE):
@@ -219,7 +231,8 @@ class RemoteAgent:
                 with trio.fail_after(self.settings.timeout):
                     link = await self._open_link()
                 stream = link.stream
-                message = link_message(request, self.source_address).encode()
+                chosen = browser.name if browser is not None else request.impersonate
+                message = link_message(request, self.source_address, chosen).encode()
                 await stream.send_all(encode_frame(TEXT, message, mask=os.urandom(4)))
                 answer, trailing = await self._answer(stream, link.trailing)
                 answered = True

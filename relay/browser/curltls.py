@@ -343,6 +343,9 @@ def _configure(curl: Curl, url: str, connect_to: Any, fd: Any, browser: BrowserP
     # Chrome sends a GREASE ECH extension when it has no ECH config; curl's
     # default would look one up in DNS (an HTTPS record) first.
     curl.setopt(CurlOpt.ECH, "grease")
+    # No TLS session resumption across sessions: a ticket from one client's dial
+    # would let the target link another client's dial through the same agent.
+    curl.setopt(CurlOpt.SSL_SESSIONID_CACHE, 0)
     lib.curl_easy_setopt(easy, CurlOpt.CONNECT_TO, connect_to)
     lib.curl_easy_setopt(easy, CurlOpt.OPENSOCKETFUNCTION, _ffi.cast("void *", _open_socket))
     lib.curl_easy_setopt(easy, CurlOpt.OPENSOCKETDATA, fd)

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from relay.wire.closecodes import Outcome, SessionError
+
 __all__ = [
     "NONE",
     "BrowserProfile",
@@ -27,6 +29,7 @@ __all__ = [
     "origin_of",
     "profile",
     "profile_names",
+    "session_profile",
     "upgrade_headers",
 ]
 
@@ -106,6 +109,32 @@ def profile(name: str) -> BrowserProfile | None:
         f"Chrome/{version}.0.0.0 Safari/537.36"
     )
     return BrowserProfile(name, target, user_agent)
+
+
+def session_profile(
+    slug: str, configured: str, allowed: bool, requested: str | None
+) -> BrowserProfile | None:
+    """The profile a session dials with on agent ``slug``: its own ``impersonate``
+    field where the agent allows choosing (``allow_impersonate``), else the agent's.
+
+    Raises a ``SessionError`` that names the field when the choice is not allowed
+    or the profile is unknown.
+    """
+    if requested is None:
+        return profile(configured)
+    if not allowed:
+        raise SessionError(
+            Outcome.BAD_REQUEST,
+            f"Invalid connect message: impersonate: agent {slug} does not allow choosing "
+            "a browser profile (allow_impersonate)",
+        )
+    if not known_profile(requested):
+        raise SessionError(
+            Outcome.BAD_REQUEST,
+            f"Invalid connect message: impersonate: unknown browser profile {requested!r} "
+            f"(known: {', '.join(profile_names())})",
+        )
+    return profile(requested)
 
 
 def upgrade_headers(

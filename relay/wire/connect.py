@@ -64,6 +64,9 @@ def valid_country(value: str | None) -> bool:
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _COOKIE_NAME = _HEADER_NAME
+# Browser profile names ("chrome", "chrome146", "chrome152_macos"); the agent
+# checks the name against the profiles the installed library has.
+_PROFILE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 # Controls other than HTAB split or smuggle HTTP header lines somewhere down the line.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -178,6 +181,17 @@ class ConnectMessage:
             "target. 0 = no idle timeout."
         ),
     )
+    impersonate: str | None = attrs.field(
+        default=None,
+        validator=check(
+            lambda v: v is None or _PROFILE.fullmatch(v) is not None,
+            "must be a browser profile name such as 'chrome' (or 'none')",
+        ),
+        metadata=_doc(
+            "Dial the target as this browser (TLS ClientHello and upgrade request): 'chrome', "
+            "a pinned profile such as 'chrome146', or 'none'. Only where the agent allows it."
+        ),
+    )
 
 
 register_renames(ConnectMessage, {"api_key": "apiKey"})
@@ -267,6 +281,7 @@ class ConnectRequest:
     agents: tuple[str, ...]
     idle_timeout: float
     send_connected: bool = True
+    impersonate: str | None = None  # a browser profile asked for by the client
 
     def upgrade_headers(self) -> tuple[tuple[str, str], ...]:
         """Headers for the target's upgrade request (cookies already merged)."""
@@ -280,6 +295,7 @@ class ConnectRequest:
             "agents": list(self.agents),
             "idle_timeout": self.idle_timeout,
             "header_names": [name for name, _ in self.headers],
+            "impersonate": self.impersonate,
         }
 
 
@@ -323,6 +339,7 @@ def _to_request(
         agents=tuple(_split(message.agent, upper=False)),
         idle_timeout=message.idle_timeout,
         send_connected=send_connected,
+        impersonate=message.impersonate,
     )
 
 
@@ -335,7 +352,7 @@ def parse_connect_message(
     return _to_request(message, limits, what="connect message")
 
 
-_QUERY_FIELDS = {"apiKey", "key", "url", "geo", "agent", "idle_timeout"}
+_QUERY_FIELDS = {"apiKey", "key", "url", "geo", "agent", "idle_timeout", "impersonate"}
 _FALSE = {"0", "false", "no", "off"}
 _TRUE = {"1", "true", "yes", "on"}
 
