@@ -143,6 +143,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "from the load client, target: a wss:// echo target, both); default none",
     )
     p.add_argument(
+        "--tls-dir",
+        help="keep the test CA, certificate and key here (reused if present), e.g. to "
+        "configure an external relay (--relay-url wss://...) with them",
+    )
+    p.add_argument(
         "--write-pattern",
         type=_choices(WRITE_PATTERNS),
         default=["stream"],
@@ -339,6 +344,7 @@ def main(argv: list[str] | None = None, *, prog: str = "relay bench") -> int:
         external_target=bool(args.target),
         coalesce=args.write_mode == "coalesced",
         idle_poll=args.idle_poll,
+        tls_dir=args.tls_dir,
         on_progress=on_progress,
     )
     started = time.strftime("%Y-%m-%d %H:%M:%S")

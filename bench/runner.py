@@ -138,6 +138,7 @@ class Runner:
         external_target: bool = False,
         coalesce: bool = False,
         idle_poll: bool = False,
+        tls_dir: str | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.plans = plans
@@ -154,6 +155,7 @@ class Runner:
         self.target_pids: list[int] = []
         self.tmp = tempfile.TemporaryDirectory(prefix="bench-")
         self.tls: TLSFiles | None = None
+        self.tls_dir = tls_dir
         self.plain_url = ctx.target_url
         self.tls_url = ""
         self.tls_info: dict[str, Any] = {}
@@ -246,7 +248,10 @@ class Runner:
         failed: dict[str, str] = {}
         try:
             if any(plan.tls != "none" for plan in self.plans):
-                self.tls = make_tls_files(Path(self.tmp.name) / "tls")
+                if self.tls_dir:
+                    self.tls = make_tls_files(Path(self.tls_dir), reuse=True)
+                else:
+                    self.tls = make_tls_files(Path(self.tmp.name) / "tls")
             if not self.external_target:
                 self.plain_url = self.ctx.target_url = self._start_echo(owned)
                 if self.tls is not None:

@@ -61,19 +61,24 @@ class TLSFiles:
         return {"OPENSSL_CONF": self.openssl_conf}
 
 
-def make_tls_files(directory: Path) -> TLSFiles:
-    """A fresh CA and a certificate for 127.0.0.1/localhost, written to ``directory``."""
+def make_tls_files(directory: Path, reuse: bool = False) -> TLSFiles:
+    """A fresh CA and a certificate for 127.0.0.1/localhost, written to ``directory``;
+    with ``reuse``, files already there are kept (an external relay configured with
+    them can then be measured with ``--tls``)."""
     import trustme
 
-    ca = trustme.CA()  # ECDSA P-256 keys (trustme's default)
-    leaf = ca.issue_cert("127.0.0.1", "localhost")
-    directory.mkdir(parents=True, exist_ok=True)
     paths = TLSFiles(
         ca=str(directory / "ca.pem"),
         cert=str(directory / "cert.pem"),
         key=str(directory / "key.pem"),
         openssl_conf=str(directory / "openssl.cnf"),
     )
+    if reuse and all(Path(p).is_file() for p in (paths.ca, paths.cert, paths.key)):
+        Path(paths.openssl_conf).write_text(_OPENSSL_CONF)
+        return paths
+    ca = trustme.CA()  # ECDSA P-256 keys (trustme's default)
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    directory.mkdir(parents=True, exist_ok=True)
     ca.cert_pem.write_to_path(paths.ca)
     with open(paths.cert, "wb") as fh:
         for blob in leaf.cert_chain_pems:

@@ -159,3 +159,11 @@ def test_tiny_run_with_tls_on_both_hops(tmp_path: Path) -> None:
             if name != "direct":
                 assert run["relay_cpu_us_per_op"] > 0
     assert json.dumps(results)  # the whole result stays JSON
+
+
+def test_tls_dir_keeps_the_ca_for_an_external_relay(tmp_path: Path) -> None:
+    first = make_tls_files(tmp_path, reuse=True)
+    ca = Path(first.ca).read_bytes()
+    assert Path(make_tls_files(tmp_path, reuse=True).ca).read_bytes() == ca
+    assert Path(make_tls_files(tmp_path).ca).read_bytes() != ca  # without reuse: a new CA
+    assert CIPHER_SUITE in Path(first.openssl_conf).read_text()
