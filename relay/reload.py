@@ -179,8 +179,8 @@ class Reloader:
         self.loaded = LoadedConfig(config_hash(new), time.time(), self.source.path)
 
         ended = 0
-        if revoked and (end_revoked or new.server.end_revoked):
-            ended = self._end_sessions(revoked)
+        if end_revoked or new.server.end_revoked:
+            ended = self._end_sessions({key.digest for key in new.keys})
         message = (
             f"keys +{len(added)} -{len(revoked)}, agents +{len(agents_added)} "
             f"-{len(agents_removed)}; {ended} sessions of revoked keys ended; "
@@ -218,9 +218,12 @@ class Reloader:
         added = [agent.slug for agent in chosen if id(agent) not in before]
         return added, [agent.slug for agent in removed]
 
-    def _end_sessions(self, revoked: Collection[bytes]) -> int:
+    def _end_sessions(self, configured: Collection[bytes]) -> int:
+        """End relaying sessions whose key is no longer configured (revoked by this
+        reload or an earlier one)."""
         ended = 0
         for session in list(self.gateway.registry.sessions):
-            if _key_digest(session) in revoked and _end_revoked(session):
+            digest = _key_digest(session)
+            if digest is not None and digest not in configured and _end_revoked(session):
                 ended += 1
         return ended
