@@ -276,7 +276,7 @@ def _agent_main(args: argparse.Namespace) -> int:
             print(f"relay: {exc}", file=sys.stderr)
         return 2
     try:
-        trio.run(run_node, node_config, node)
+        trio.run(run_node, node_config, node, partial(build_node_config, args))
     except KeyboardInterrupt:
         return 0
     except (OSError, BaseExceptionGroup) as exc:

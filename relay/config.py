@@ -490,6 +490,11 @@ class NodeSettings:
     )
     tls_cert: str | None = None  # PEM certificate chain: serve wss:// instead of ws://
     tls_key: str | None = None
+    # After a reload (SIGHUP) brings a new token, the old one is still accepted this
+    # many seconds, so gateways can be moved to the new one without refused links.
+    token_overlap: float = attrs.field(
+        default=300.0, validator=check(lambda v: v >= 0, "must be >= 0")
+    )
 
     @property
     def token_digest(self) -> bytes | None:

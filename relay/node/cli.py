@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 from collections.abc import Callable
 from functools import partial
 
@@ -15,10 +17,13 @@ from relay.config import ConfigError, NodeConfig, NodeSettings, load_node_config
 from relay.converter import InputError, structure
 from relay.node.node import Node, NodeAddress
 from relay.node.server import serve_node
+from relay.node.tokens import reload_node_tokens
 
 __all__ = ["TOKEN_ENV", "add_agent_parser", "build_node_config", "run_node"]
 
 TOKEN_ENV = "RELAY_AGENT_TOKEN"
+
+log = logging.getLogger("relay.node")
 
 
 def add_agent_parser(
@@ -104,8 +109,28 @@ def node_banner(address: NodeAddress, config: NodeConfig) -> str:
     return "\n".join(lines)
 
 
-async def run_node(config: NodeConfig, node: Node) -> None:
-    """Serve the agent until cancelled; prints its banner once it listens."""
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(partial(serve_node, config, node=node))
-        print(node_banner(address, config), flush=True)
+async def run_node(
+    config: NodeConfig, node: Node, reread: Callable[[], NodeConfig] | None = None
+) -> None:
+    """Serve the agent until cancelled; prints its banner once it listens.
+
+    With ``reread`` (the file and options it was started with), SIGHUP
+    re-reads them and applies a new token, the old one accepted for
+    ``[agent] token_overlap`` seconds more (relay/node/tokens.py).
+    """
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(partial(serve_node, config, node=node))
+            print(node_banner(address, config), flush=True)
+            if reread is None:
+                return
+            running = config
+            async for _signum in signals:
+                try:
+                    new = reread()
+                except ConfigError as exc:
+                    # The message names the field at fault; a traceback would add nothing.
+                    log.error("configuration not reloaded, nothing changed: %s", exc)  # noqa: TRY400
+                    continue
+                reload_node_tokens(node.tokens, running, new)
+                running = new

@@ -12,7 +12,6 @@ gateway's health checks.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import ssl
@@ -26,6 +25,7 @@ from relay.config import NodeConfig, ServerConfig, valid_ip
 from relay.converter import check, loads_json, structure
 from relay.dial import TargetConnection
 from relay.gateway import dial_settings
+from relay.node.tokens import AcceptedTokens
 from relay.registry import SessionRegistry
 from relay.session import Session
 from relay.targets import Resolver, system_resolver
@@ -61,7 +61,7 @@ class Node:
 
     config: NodeConfig
     egress: Agent
-    token_digest: bytes = attrs.field(repr=False)
+    tokens: AcceptedTokens = attrs.field(repr=False)
     tls: ssl.SSLContext | None = None
     registry: SessionRegistry = attrs.Factory(SessionRegistry)
     capacity: Capacity = attrs.field()
@@ -88,7 +88,7 @@ class Node:
                     f"cannot load TLS certificate {settings.tls_cert}: {detail}"
                 ) from None
         egress = build_agent(settings.egress(), dial_settings(config, resolver))
-        return cls(config=config, egress=egress, token_digest=digest, tls=tls)
+        return cls(config=config, egress=egress, tokens=AcceptedTokens(digest), tls=tls)
 
     @property
     def node_id(self) -> str:
@@ -96,10 +96,10 @@ class Node:
         return self.egress.node_id
 
     def authorized(self, header: bytes | None) -> bool:
-        """Whether ``Authorization`` carries this node's token (constant time)."""
+        """Whether ``Authorization`` carries a token this node accepts (constant time)."""
         scheme, _, token = (header or b"").partition(b" ")
         digest = hashlib.sha256(token.strip()).digest()
-        return hmac.compare_digest(digest, self.token_digest) and scheme.lower() == b"bearer"
+        return self.tokens.accepts(digest) and scheme.lower() == b"bearer"
 
     def identity(self) -> dict[str, object]:
         """What the health endpoint says about this node (no secrets)."""
