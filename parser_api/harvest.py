@@ -27,6 +27,7 @@ class Page:
     items: tuple[Item, ...]
     next_cursor: str | None  # None: this was the last page
     skipped: int = 0  # upstream entries that could not be normalized
+    note: str | None = None  # why the feed ends early, for stats.me (e.g. a result cap)
 
 
 @attrs.frozen
@@ -52,6 +53,7 @@ class Feed:
     cursor: str | None = None
     last_page_seen: bool = False
     pages: int = 0
+    note: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -67,6 +69,8 @@ class Feed:
         self.cursor = page.next_cursor
         if page.next_cursor is None:
             self.last_page_seen = True
+        if page.note is not None:
+            self.note = f"{self.name}: {page.note}"
         return page.skipped
 
 
@@ -78,6 +82,7 @@ class HarvestCounters:
     skipped: int = 0  # malformed upstream entries
     filtered: int = 0  # entries that did not match the session's filters
     duplicates: int = 0
+    notes: list[str] = attrs.Factory(list)  # why feeds ended early (a site's result cap)
 
 
 class Harvester:
@@ -129,6 +134,8 @@ class Harvester:
                     pages += 1
                     self.counters.pages += 1
                     self.counters.skipped += await feed.refill()
+                    if feed.note is not None and feed.note not in self.counters.notes:
+                        self.counters.notes.append(feed.note)
                     continue
                 item = feed.buffer.popleft()
                 if item.key in seen or item.key in keys:

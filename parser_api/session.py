@@ -8,6 +8,7 @@ connection.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -47,6 +48,8 @@ class Session:
         self.config = config
         self.sources = sources
         self.conn_id = conn_id
+        # The connection's client session id upstream (Depop's depop-session-id).
+        self.client_session_id = str(uuid.uuid4())
         self.connected_since = utc_ts()
         self.configured: Configure | None = None
         self.harvester: Harvester | None = None
@@ -128,7 +131,7 @@ class Session:
         except InputError as exc:
             raise ProtocolError("invalid_payload", str(exc)) from None
         self.configured = request
-        self.harvester = self.sources.harvester(request)
+        self.harvester = self.sources.harvester(request, session_id=self.client_session_id)
         return ok_response("parser.configure", {"configured": attrs.asdict(request)})
 
     async def _fetch(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +164,14 @@ class Session:
         self.seen.update(item.key for item in items)
         self.batches += 1
         self.items_sent += len(items)
+        log.info(
+            "conn %s: %s fetch, %d items, %d upstream pages so far, exhausted=%s",
+            self.conn_id,
+            self.configured.parser_type,
+            len(items),
+            self.harvester.counters.pages,
+            exhausted,
+        )
         return ok_response(
             "parser.fetch",
             {

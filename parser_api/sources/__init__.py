@@ -5,7 +5,7 @@ from __future__ import annotations
 from parser_api.config import ParserConfig
 from parser_api.harvest import Harvester
 from parser_api.protocol import Configure, DepopConfigure, PoshmarkConfigure
-from parser_api.sources.depop import DepopFilters, depop_feed
+from parser_api.sources.depop import BrandIds, DepopFilters, DepopIdentity, depop_feed
 from parser_api.sources.http import PoliteClient, UpstreamError
 from parser_api.sources.poshmark import poshmark_feed
 
@@ -18,12 +18,22 @@ class SourceFactory:
     def __init__(self, config: ParserConfig, client: PoliteClient) -> None:
         self.config = config
         self.client = client
+        # Like one browser: one Depop device id for the process, brand ids learned once.
+        self.depop_device_id = DepopIdentity().device_id
+        self.depop_brands = BrandIds()
 
-    def harvester(self, request: Configure) -> Harvester:
-        """A fresh harvester (cursors at the first page) for ``request``."""
+    def harvester(self, request: Configure, *, session_id: str | None = None) -> Harvester:
+        """A fresh harvester (cursors at the first page) for ``request``.
+
+        ``session_id``: the connection's client session id (Depop's
+        ``depop-session-id``); a fresh one when None.
+        """
         if isinstance(request, PoshmarkConfigure):
             return self._poshmark(request)
-        return self._depop(request)
+        identity = DepopIdentity(device_id=self.depop_device_id)
+        if session_id is not None:
+            identity = DepopIdentity(device_id=self.depop_device_id, session_id=session_id)
+        return self._depop(request, identity)
 
     def _poshmark(self, request: PoshmarkConfigure) -> Harvester:
         settings = self.config.poshmark
@@ -49,7 +59,7 @@ class SourceFactory:
         ]
         return Harvester(feeds, {"ads": request.ads_count, "sales": request.sales_count})
 
-    def _depop(self, request: DepopConfigure) -> Harvester:
+    def _depop(self, request: DepopConfigure, identity: DepopIdentity) -> Harvester:
         filters = DepopFilters(
             country=request.country_filter.lower() if request.country_filter else None,
             min_price=request.min_price,
@@ -62,5 +72,8 @@ class SourceFactory:
             base_url=self.config.depop.base_url,
             filters=filters,
             page_size=self.config.depop.page_size,
+            identity=identity,
+            brands=self.depop_brands,
+            spacing=self.config.depop.request_spacing,
         )
         return Harvester([feed], {})

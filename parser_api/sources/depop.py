@@ -4,14 +4,26 @@ A response looks like ``{"meta": {...}, "page_info": {"has_more": true, "last":
 "<cursor>"}, "objects": [product, ...]}``; a product carries ``id``, ``slug``,
 ``description``, ``brand_name``, ``sizes`` (``[{"name": "M"}]``),
 ``attributes.condition`` (``used_excellent`` ...), ``pictures`` / ``preview``
-(``{"formats": {"P0": {"url": ...}}}``), ``country`` and ``pricing``, whose
-``final_price_key`` names the entry holding the price (``total_price`` or
-``price_breakdown.price.amount``). Filters are sent upstream *and* checked on
-every item, so a marketplace that ignores one still cannot leak a mismatch.
+(``{"formats": {"P0": {"url": ...}}}``), ``country``, ``status``
+(``STATUS_SOLD`` ...), ``brand_id`` and ``pricing``, whose ``final_price_key``
+names the entry holding the price. The item price is the listing's own price,
+``price_breakdown.price.amount`` where present (``total_price`` can include the
+buyer fee, shipping or tax), else ``total_price``. Filters are sent upstream
+*and* checked on every item, so a marketplace that ignores one still cannot
+leak a mismatch.
+
+Brands: the search takes brand *ids*, and no public source shows a way to look
+a name up, so ids are learned from the ``brand_id`` / ``brand_name`` pairs of
+the results themselves (:class:`BrandIds`, shared by the process). Until a
+brand's id is known, its name is searched for as words (``what``) and the
+brand is checked on each item. Requests carry the web app's headers
+(``depop-device-id`` per process, ``depop-session-id`` per connection,
+``depop-search-id`` per search, ``x-cached-sizes``). Sources: docs/parser_api.md.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import attrs
@@ -22,7 +34,9 @@ from parser_api.items import Item, as_dict, as_text, parse_money, to_utc_iso
 from parser_api.sources.http import PoliteClient, UpstreamError
 
 __all__ = [
+    "BrandIds",
     "DepopFilters",
+    "DepopIdentity",
     "build_params",
     "depop_feed",
     "matches",
@@ -38,6 +52,39 @@ _CONDITIONS = {
     "used_fair": "fair",
 }
 _TITLE_LENGTH = 120
+_SOLD_STATUSES = frozenset({"status_sold", "sold", "sold_out"})
+_MAX_BRANDS = 50_000  # learned brand ids kept per process
+
+
+class BrandIds:
+    """Brand name (case-folded) to Depop brand id, learned from search results."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, str] = {}
+
+    def learn(self, products: list[object]) -> None:
+        """Remember the ``brand_id`` of every named brand in ``products``."""
+        for product in products:
+            if not isinstance(product, dict):
+                continue
+            name, brand_id = as_text(product.get("brand_name")), product.get("brand_id")
+            if name is None or not isinstance(brand_id, int | str) or isinstance(brand_id, bool):
+                continue
+            key = name.casefold()
+            if key not in self._ids and len(self._ids) < _MAX_BRANDS and key != "other":
+                self._ids[key] = str(brand_id)
+
+    def get(self, name: str) -> str | None:
+        """The id of brand ``name``, if seen."""
+        return self._ids.get(name.casefold())
+
+
+@attrs.frozen
+class DepopIdentity:
+    """The web app's client ids: one device per process, one session per connection."""
+
+    device_id: str = attrs.Factory(lambda: str(uuid.uuid4()))
+    session_id: str = attrs.Factory(lambda: str(uuid.uuid4()))
 
 
 @attrs.frozen
@@ -56,22 +103,28 @@ class DepopFilters:
         return self.country or "us"
 
 
-def build_params(filters: DepopFilters, *, cursor: str | None, page_size: int) -> dict[str, str]:
-    """Query parameters of one search request."""
+def build_params(
+    filters: DepopFilters, *, cursor: str | None, page_size: int, brand_id: str | None = None
+) -> dict[str, str]:
+    """Query parameters of one search request (``brand_id``: the brand filter's id, if known)."""
     params = {
+        "what": filters.query or "",
         "country": filters.upstream_country,
         "currency": currency_for(filters.upstream_country),
         "limit": str(page_size),
         "from": "in_country_search",
+        "include_like_count": "true",
     }
-    if filters.query:
-        params["what"] = filters.query
+    if filters.brand and brand_id is not None:
+        params["brandIds"] = brand_id
+    elif filters.brand and not filters.query:
+        params["what"] = filters.brand  # narrows the search; each item is checked anyway
+    if not params["what"]:
+        del params["what"]
     if filters.min_price is not None:
         params["priceMin"] = _number(filters.min_price)
     if filters.max_price is not None:
         params["priceMax"] = _number(filters.max_price)
-    if filters.brand:
-        params["brands"] = filters.brand
     if cursor is not None:
         params["after"] = cursor
     return params
@@ -116,12 +169,13 @@ def parse_page(data: object, *, base_url: str, where: str = "depop") -> Page:
 
 
 def _entry_price(entry: object) -> float | None:
+    """A price entry's own listing price: the breakdown's ``price`` before ``total_price``."""
     entry = as_dict(entry)
-    if "total_price" in entry:
-        return parse_money(entry["total_price"])
     amount = as_dict(as_dict(entry.get("price_breakdown")).get("price")).get("amount")
     if amount is not None:
         return parse_money(amount)
+    if "total_price" in entry:
+        return parse_money(entry["total_price"])
     return parse_money(entry.get("amount"))
 
 
@@ -161,7 +215,7 @@ def normalize_product(product: object, *, base_url: str) -> Item | None:
     )
     country = as_text(product.get("country"))
     status = as_text(product.get("status")) or ""
-    sold = product.get("sold") is True or status.lower() in ("sold", "sold_out")
+    sold = product.get("sold") is True or status.lower() in _SOLD_STATUSES
     seller = as_text(as_dict(product.get("seller")).get("username")) or slug.split("-", 1)[0]
     return Item(
         id=product_id,
@@ -220,16 +274,38 @@ def _images(product: dict[str, Any]) -> tuple[str, ...]:
 
 
 def depop_feed(
-    client: PoliteClient, *, base_url: str, filters: DepopFilters, page_size: int
+    client: PoliteClient,
+    *,
+    base_url: str,
+    filters: DepopFilters,
+    page_size: int,
+    identity: DepopIdentity | None = None,
+    brands: BrandIds | None = None,
+    spacing: float | None = None,
 ) -> Feed:
-    """The feed of a Depop search with ``filters``."""
+    """The feed of a Depop search with ``filters`` (``spacing``: seconds between requests)."""
     url = base_url.rstrip("/") + "/presentation/api/v1/search/products/"
+    identity = identity or DepopIdentity()
+    brands = brands if brands is not None else BrandIds()
+    headers = {
+        "accept": "application/json",
+        "depop-device-id": identity.device_id,
+        "depop-session-id": identity.session_id,
+        "depop-search-id": str(uuid.uuid4()),  # one search: this feed's pages
+        "x-cached-sizes": "true",
+        "referer": base_url.rstrip("/") + "/search/",
+    }
+
+    # Fixed for the whole search: its cursors belong to the parameters it started with.
+    brand_id = brands.get(filters.brand) if filters.brand else None
 
     async def fetch(cursor: str | None) -> Page:
         """One search page after ``cursor``, normalized."""
-        params = build_params(filters, cursor=cursor, page_size=page_size)
+        params = build_params(filters, cursor=cursor, page_size=page_size, brand_id=brand_id)
         country = filters.country.upper() if filters.country else None
-        data = await client.get_json(url, params, country=country)
+        data = await client.get_json(url, params, headers=headers, country=country, spacing=spacing)
+        if isinstance(data, dict) and isinstance(data.get("objects"), list):
+            brands.learn(data["objects"])
         return parse_page(data, base_url=base_url)
 
     return Feed(

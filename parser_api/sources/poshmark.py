@@ -4,15 +4,21 @@ A response looks like ``{"data": [post, ...], "more": {"next_max_id": ...}}``;
 each post carries ``id``, ``title``, ``price_amount`` / ``original_price_amount``
 (``{"val": "29.0", "currency_code": "USD"}``), ``inventory.status``
 (``available`` / ``sold_out``), ``brand``, ``size`` / ``size_obj``,
-``condition`` (``nwt``, ``not_nwt``, ``ret``), ``cover_shot`` / ``pictures``,
-``creator_username``, ``origin_domain`` and ``created_at``. The request and
-page functions are pure; :func:`poshmark_feed` wires them to the HTTP client.
+``condition`` (``nwt``, ``ret``, ``not_nwt``, and the newer ``uln`` / ``ug`` /
+``uf``), ``cover_shot`` / ``pictures``, ``creator_username``, ``origin_domain``
+and ``created_at``. An HTTP 200 whose body is ``{"error": {...}}`` is the site
+refusing the request, not an empty page. A search yields at most
+:data:`RESULT_CAP` results, so a feed stops there with a note for ``stats.me``.
+The request and page functions are pure; :func:`poshmark_feed` wires them to
+the HTTP client. Sources for each field: docs/parser_api.md.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import attrs
 
 from parser_api.harvest import Feed, Page
 from parser_api.items import Item, as_dict, as_text, parse_money, to_utc_iso
@@ -22,7 +28,17 @@ __all__ = ["build_params", "normalize_post", "parse_page", "poshmark_feed"]
 
 SITES = {"com": ("US", "USD"), "ca": ("CA", "CAD")}
 STATUSES = {"ads": "available", "sales": "sold_out"}
-_CONDITIONS = {"nwt": "new_with_tags", "ret": "new_with_tags", "not_nwt": "used"}
+_CONDITIONS = {
+    "nwt": "new_with_tags",
+    "ret": "new_with_tags",
+    "not_nwt": "used",
+    "uln": "like_new",
+    "ug": "good",
+    "uf": "fair",
+}
+# Public scrapers report that a Poshmark search stops yielding results after about
+# this many; paging past it returns nothing new, so a feed ends there.
+RESULT_CAP = 5000
 
 
 def build_params(
@@ -31,8 +47,11 @@ def build_params(
     """Query parameters of one search request; ``cursor`` is a JSON-encoded ``max_id``."""
     request: dict[str, Any] = {
         "filters": {"department": "All", "inventory_status": [inventory_status]},
+        "query_and_facet_filters": {"department": "All"},
         "experience": "all",
-        "count": page_size,
+        "sizeSystem": "us",
+        # The web app sends the page size as a string.
+        "count": str(page_size),
     }
     if query:
         request["query"] = query
@@ -42,8 +61,28 @@ def build_params(
     return {"request": json.dumps(request, separators=(",", ":")), "summarize": "true"}
 
 
+def _error_message(error: object) -> str:
+    """The site's own words from an ``{"error": {...}}`` body."""
+    if isinstance(error, dict):
+        for key in ("statusMessage", "message", "errorMessage", "errorType", "errorCode"):
+            text = as_text(error.get(key))
+            if text:
+                return text[:200]
+    text = as_text(error)
+    return text[:200] if text else "error without a message"
+
+
 def parse_page(data: object, *, site: str, base_url: str, where: str = "poshmark") -> Page:
-    """Normalize one response body; raises :class:`UpstreamError` if it is not a search page."""
+    """Normalize one response body; raises :class:`UpstreamError` if it is not a search page.
+
+    A body with an ``error`` object is an ``upstream_error`` carrying the site's message.
+    """
+    if isinstance(data, dict) and data.get("error") not in (None, {}, ""):
+        raise UpstreamError(
+            "upstream_error",
+            f"{where} answered an error: {_error_message(data['error'])}",
+            status=200,
+        )
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise UpstreamError(
             "upstream_bad_response", f"{where}: expected an object with a 'data' array", status=200
@@ -126,14 +165,24 @@ def poshmark_feed(
     inventory_status = STATUSES[kind]
     url = base_url.rstrip("/") + "/vm-rest/posts"
     wanted = "sold" if kind == "sales" else "available"
+    referer = base_url.rstrip("/") + "/search" if query else base_url.rstrip("/") + "/"
+    received = 0  # results this search has yielded so far
 
     async def fetch(cursor: str | None) -> Page:
-        """One search page after ``cursor``, normalized."""
+        """One search page after ``cursor``, normalized; the last one at :data:`RESULT_CAP`."""
+        nonlocal received
         params = build_params(
             inventory_status=inventory_status, cursor=cursor, page_size=page_size, query=query
         )
-        data = await client.get_json(url, params, country=SITES[site][0])
-        return parse_page(data, site=site, base_url=base_url, where=f"poshmark.{site}")
+        data = await client.get_json(
+            url, params, headers={"referer": referer}, country=SITES[site][0]
+        )
+        page = parse_page(data, site=site, base_url=base_url, where=f"poshmark.{site}")
+        received += len(page.items) + page.skipped
+        if page.next_cursor is not None and received >= RESULT_CAP:
+            note = f"stopped at the site's cap of about {RESULT_CAP} results per search"
+            return attrs.evolve(page, next_cursor=None, note=note)
+        return page
 
     return Feed(
         name=f"poshmark.{site}/{inventory_status}",

@@ -28,6 +28,7 @@ DEPOP_PAGE = 8
 CURSOR_BASE = 1_700_000_000.0
 
 Failure = tuple[int, dict[str, str], bytes]
+BRAND_IDS = {"Nike": 7, "Adidas": 8}  # Depop's brand ids in the fake
 
 
 @attrs.define
@@ -36,6 +37,7 @@ class Recorded:
     path: str
     params: dict[str, str]
     peer: str = ""  # the requesting address: which egress a request left from
+    headers: dict[str, str] = attrs.Factory(dict)  # lower-case names
 
     @property
     def posh_request(self) -> dict[str, Any]:
@@ -81,7 +83,7 @@ def depop_product(
     return {
         "id": 900_000 + number,
         "slug": slug,
-        "brand_id": 7,
+        "brand_id": BRAND_IDS.get(brand, 1),
         "brand_name": brand,
         "category_name": "T-shirts",
         "description": f"Vintage {brand} tee #{number}\nGreat condition",
@@ -166,7 +168,11 @@ class FakeMarketplace:
         params = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
         domain, _, rest = scope["path"].lstrip("/").partition("/")
         peer = str((scope.get("client") or ("",))[0])
-        self.requests.append(Recorded(domain, "/" + rest, params, peer))
+        headers = {
+            bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
+            for k, v in scope.get("headers", [])
+        }
+        self.requests.append(Recorded(domain, "/" + rest, params, peer, headers))
         if self.delay.get(domain):
             await trio.sleep(self.delay[domain])
         if self.failures[domain]:
@@ -202,12 +208,14 @@ class FakeMarketplace:
         if self.depop_applies_filters:
             low = float(params.get("priceMin", 0))
             high = float(params.get("priceMax", 1e9))
-            brand = params.get("brands")
+            brand_id = params.get("brandIds")
+            words = params.get("what", "").lower().split()
             products = [
                 p
                 for p in products
                 if low <= float(p["pricing"]["discounted_price"]["total_price"]) <= high
-                and (brand is None or p["brand_name"].lower() == brand.lower())
+                and (brand_id is None or str(p["brand_id"]) == brand_id)
+                and all(w in (p["brand_name"] + " " + p["description"]).lower() for w in words)
             ]
         offset = int(base64.b64decode(params["after"]).decode()) if "after" in params else 0
         size = min(int(params.get("limit", DEPOP_PAGE)), DEPOP_PAGE)

@@ -19,7 +19,8 @@ def test_poshmark_request_params_carry_status_count_cursor_and_query() -> None:
     request = json.loads(first["request"])
     assert request["filters"]["inventory_status"] == ["sold_out"]
     assert request["experience"] == "all"
-    assert request["count"] == 48
+    assert request["count"] == "48"  # a string, as the web app sends it
+    assert request["query_and_facet_filters"] == {"department": "All"}
     assert request["query"] == "nike"
     assert "max_id" not in request
     later = poshmark.build_params(
@@ -118,20 +119,52 @@ def test_depop_params_send_every_filter_upstream() -> None:
     filters = depop.DepopFilters(
         country="gb", min_price=10, max_price=99.5, brand="nike", query="tee"
     )
-    params = depop.build_params(filters, cursor="MnwyNHw", page_size=24)
+    params = depop.build_params(filters, cursor="MnwyNHw", page_size=24, brand_id="7")
     assert params == {
+        "what": "tee",
         "country": "gb",
         "currency": "GBP",
         "limit": "24",
         "from": "in_country_search",
-        "what": "tee",
+        "include_like_count": "true",
+        "brandIds": "7",
         "priceMin": "10",
         "priceMax": "99.50",
-        "brands": "nike",
         "after": "MnwyNHw",
     }
+    # A brand whose id is not known yet: no brand parameter; with no query, its name
+    # is searched as words (items are checked against the brand either way).
+    unknown = depop.build_params(
+        depop.DepopFilters(brand="Stüssy"), cursor=None, page_size=24, brand_id=None
+    )
+    assert unknown["what"] == "Stüssy"
+    assert "brandIds" not in unknown
     bare = depop.build_params(depop.DepopFilters(), cursor=None, page_size=5)
-    assert bare == {"country": "us", "currency": "USD", "limit": "5", "from": "in_country_search"}
+    assert bare == {
+        "country": "us",
+        "currency": "USD",
+        "limit": "5",
+        "from": "in_country_search",
+        "include_like_count": "true",
+    }
+
+
+def test_depop_brand_ids_are_learned_from_results() -> None:
+    brands = depop.BrandIds()
+    brands.learn(
+        [
+            {"brand_name": "Nike", "brand_id": 7},
+            {"brand_name": "Other", "brand_id": 1},
+            {"brand_name": "Adidas", "brand_id": "8"},
+            {"brand_name": "Nike", "brand_id": 99},  # the first id seen stays
+            {"brand_id": 5},
+            "junk",
+        ]
+    )
+    assert brands.get("NIKE") == "7"
+    assert brands.get("adidas") == "8"
+    assert brands.get("Other") is None
+    assert brands.get("Puma") is None
 
 
 def test_depop_product_normalizes_to_the_item_shape() -> None:

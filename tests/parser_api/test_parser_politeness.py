@@ -131,6 +131,31 @@ async def test_a_retry_after_too_long_is_reported_not_waited(autojump_clock: obj
     await client.aclose()
 
 
+async def test_a_host_that_asked_for_a_long_pause_is_not_contacted_until_then(
+    autojump_clock: object,
+) -> None:
+    upstream = Upstream(httpx.Response(503, headers={"Retry-After": "600"}))
+    client = make_client(upstream, request_spacing=0.0, max_retry_after=60.0)
+    with pytest.raises(UpstreamError) as first:
+        await client.get_json("https://a.test/x", {})
+    assert first.value.code == "upstream_error"
+    assert first.value.retry_after == 600.0
+    await trio.sleep(100)
+    # Any later request to that host (any session shares the client) is refused
+    # at once with the time left, without contacting it; other hosts are not held.
+    with pytest.raises(UpstreamError) as held:
+        await client.get_json("https://a.test/y", {})
+    assert held.value.code == "upstream_rate_limited"
+    assert held.value.retry_after == 500.0
+    assert held.value.status == 503
+    assert len(upstream.at()) == 1
+    assert await client.get_json("https://b.test/z", {}) == {"ok": True}
+    await trio.sleep(500)
+    assert await client.get_json("https://a.test/y", {}) == {"ok": True}
+    assert len(upstream.at()) == 2
+    await client.aclose()
+
+
 async def test_403_is_never_retried(autojump_clock: object) -> None:
     upstream = Upstream(httpx.Response(403))
     client = make_client(upstream)

@@ -135,11 +135,25 @@ async def test_depop_filters_are_sent_upstream_and_respected(
         assert request.params["currency"] == "GBP"
         assert request.params["priceMin"] == "20"
         assert request.params["priceMax"] == "150"
-        assert request.params["brands"] == "nike"
+        # Depop takes brand ids; the first search for a brand has none yet, so it
+        # searches the name as words and checks the brand on each item.
+        assert request.params["what"] == "nike"
+        assert "brandIds" not in request.params
     assert "after" not in requests[0].params
     assert all("after" in r.params for r in requests[1:])
     stats = (await client.request("stats.me", {}))["data"]
     assert stats["upstream"]["filtered"] == 40 - len(expected)
+    # The results taught the process Nike's id: the next search sends it.
+    await client.request(
+        "parser.configure",
+        {"parser_type": "depop", "batch_size": 50, "country_filter": "GB", "min_price": 20,
+         "max_price": 150, "brand_filter": "NIKE"},
+    )  # fmt: skip
+    await client.request("parser.fetch", {})
+    later = [r for r in market.requests if r.domain == "depop"][len(requests) :]
+    assert later
+    assert {r.params.get("brandIds") for r in later} == {"7"}
+    assert all("what" not in r.params for r in later)
 
 
 async def test_depop_upstream_filtering_is_respected_too(
@@ -211,12 +225,32 @@ async def test_500_after_retries_is_an_error_and_no_item_is_lost(
 
 async def test_malformed_bodies_are_reported(client: Client, market: FakeMarketplace) -> None:
     await client.request("parser.configure", {"parser_type": "poshmark", "batch_size": 5})
-    market.fail("com", (200, {}, b"<html>captcha</html>"), (200, {}, b'{"error": "nope"}'))
+    market.fail("com", (200, {}, b"<html>captcha</html>"), (200, {}, b'{"data": "nope"}'))
     for _ in range(2):
         response = await client.request("parser.fetch", {})
         assert response["data"]["error"]["code"] == "upstream_bad_response"
     assert market.count("com") == 2  # a bad body is not retried
     assert (await client.request("parser.fetch", {}))["data"]["count"] == 5
+
+
+async def test_an_error_body_with_status_200_is_an_upstream_error(
+    client: Client, market: FakeMarketplace
+) -> None:
+    await client.request("parser.configure", {"parser_type": "poshmark", "batch_size": 5})
+    body = b'{"error": {"statusCode": 400, "errorType": "InvalidParameter", '
+    body += b'"statusMessage": "Invalid request parameter"}}'
+    market.fail("com", (200, {}, body))
+    response = await client.request("parser.fetch", {})
+    assert response["ok"] is False
+    error = response["data"]["error"]
+    assert error["code"] == "upstream_error"
+    assert "Invalid request parameter" in error["message"]
+    assert error["upstream_status"] == 200
+    # Not the end of the feed: the same page is asked for again and paging goes on.
+    again = await client.request("parser.fetch", {})
+    assert again["data"]["count"] == 5
+    assert again["data"]["exhausted"] is False
+    assert market.count("com") == 2
 
 
 async def test_unreachable_marketplace(nursery: trio.Nursery, market: FakeMarketplace) -> None:
