@@ -14,12 +14,16 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import trio
 
+from tests.conftest import require
 from tests.parser_api.parser_fake_marketplace import FakeMarketplace
-from tests.parser_api.parser_testkit import TOKEN, ParserServer, start_parser
+from tests.parser_api.parser_testkit import TOKEN, ParserServer, ThreadedServers, start_parser
 
 EARLY = [
     {"action": "parser.configure", "payload": {"parser_type": "poshmark", "batch_size": 5}},
@@ -193,3 +197,46 @@ async def test_a_client_that_never_answers_is_dropped_after_close_timeout(
         # No close from us: the server gives up waiting and ends the connection.
         assert await client.stream.receive_some() == b""
     await client.stream.aclose()
+
+
+NODE_REFUSALS = """
+// The protocol document's pattern: configure and fetch sent in onopen.
+const [url, tries] = [process.argv[2], Number(process.argv[3])];
+const codes = {};
+const once = () => new Promise((resolve) => {
+  const ws = new WebSocket(url);
+  ws.onopen = () => {
+    ws.send(JSON.stringify({action: "parser.configure",
+                            payload: {parser_type: "poshmark", batch_size: 25}}));
+    ws.send(JSON.stringify({action: "parser.fetch", payload: {}}));
+  };
+  ws.onerror = () => {};
+  ws.onclose = (event) => resolve(event.code);
+});
+(async () => {
+  for (let i = 0; i < tries; i++) {
+    const code = await once();
+    codes[code] = (codes[code] || 0) + 1;
+  }
+  console.log(JSON.stringify(codes));
+})();
+"""
+
+
+def test_nodes_websocket_sees_4401_every_time(threaded: ThreadedServers, tmp_path: Path) -> None:
+    """Node 20's built-in WebSocket, as a new user runs the protocol document's example."""
+    node = shutil.which("node")
+    require(node is not None, "node (apt-get install nodejs)")
+    assert node is not None
+    script = tmp_path / "refusals.js"
+    script.write_text(NODE_REFUSALS)
+    url = f"ws://{threaded.host_port}/ws/parser?token=wrong-token"
+    result = subprocess.run(
+        [node, "--experimental-websocket", str(script), url, "200"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"4401": 200}
