@@ -165,7 +165,11 @@ def _relay_unavailable(ctx: Context) -> str | None:
 
 
 def relay_config_text(
-    port: int, api_key: str, tls: TLSFiles | None = None, client_tls: bool = False
+    port: int,
+    api_key: str,
+    tls: TLSFiles | None = None,
+    client_tls: bool = False,
+    impersonate: str | None = None,
 ) -> str:
     """The config the bench runs ``relay serve`` with: loopback, private targets allowed
     (the echo target is on 127.0.0.1) and a key whose bucket never runs dry; with
@@ -188,6 +192,8 @@ def relay_config_text(
         f'key = "{api_key}"\n'
         "rate = 1000000000\n"
         "burst = 1000000000\n"
+        # relay-chrome: target dials as a browser (relay/browser), the rest alike.
+        + (f'\n[[agents]]\nslug = "local"\nimpersonate = "{impersonate}"\n' if impersonate else "")
     )
 
 
@@ -196,7 +202,7 @@ def _toml_str(text: str) -> str:
     return f"'{text}'"
 
 
-def _relay_start(ctx: Context) -> Running:
+def _relay_start(ctx: Context, name: str = "relay", impersonate: str | None = None) -> Running:
     connect = {"apiKey": ctx.api_key, "url": ctx.target_url}
     if ctx.relay_url:
         note = "external relay" + (
@@ -213,16 +219,16 @@ def _relay_start(ctx: Context) -> Running:
     else:
         port = free_port()
         config = tmp / "relay.toml"
-        config.write_text(relay_config_text(port, ctx.api_key, ctx.tls, ctx.client_tls))
+        config.write_text(
+            relay_config_text(port, ctx.api_key, ctx.tls, ctx.client_tls, impersonate)
+        )
     log = tmp / "log"
     with log.open("wb") as fh:
         cmd = [*_relay_command(), "serve", "--config", str(config)]
         proc = spawn(cmd, ctx.relay_cores, fh, env=ctx.env)
     _await_port(proc, port, log, workdir)
     url = f"{ctx.scheme}://127.0.0.1:{port}/ws"
-    return Running(
-        "relay", url, connect, procs=[proc], pids=process_tree(proc.pid), workdir=workdir
-    )
+    return Running(name, url, connect, procs=[proc], pids=process_tree(proc.pid), workdir=workdir)
 
 
 # -- nginx ------------------------------------------------------------------------------
@@ -382,6 +388,12 @@ SYSTEMS: dict[str, SystemSpec] = {
     for spec in (
         SystemSpec("direct", lambda ctx: None, _direct_start, "no relay: the target itself"),
         SystemSpec("relay", _relay_unavailable, _relay_start, "ours: relay serve"),
+        SystemSpec(
+            "relay-chrome",
+            _relay_unavailable,
+            lambda ctx: _relay_start(ctx, "relay-chrome", impersonate="chrome"),
+            "ours: relay serve, target dials as Chrome (impersonate = chrome)",
+        ),
         SystemSpec("nginx", _nginx_unavailable, _nginx_start, "nginx reverse proxy"),
         SystemSpec(
             "websockets",
