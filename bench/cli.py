@@ -276,8 +276,25 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _soak_argv(argv: list[str] | None) -> list[str] | None:
+    """The arguments, when they ask for ``--scenarios soak`` (bench/soak.py), else None."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for index, arg in enumerate(args):
+        if arg == "--scenarios" and args[index + 1 : index + 2] == ["soak"]:
+            return args
+        if arg == "--scenarios=soak":
+            return args
+    return None
+
+
 def main(argv: list[str] | None = None, *, prog: str = "relay bench") -> int:
     """Run the bench; returns a process exit code (0 when every run succeeded)."""
+    soak = _soak_argv(argv)
+    if soak is not None:
+        # One long run with its own options (--duration 10m, --reload-every ...).
+        from bench.soak import main as soak_main
+
+        return soak_main(soak, prog=prog)
     from rich.console import Console
     from rich.progress import (
         BarColumn,
