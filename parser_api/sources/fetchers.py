@@ -384,7 +384,7 @@ class CurlFetcher:
 
 
 def _trim_cookies(jar: Any, limit: int) -> None:
-    """Drop expired cookies, then the surplus beyond ``limit`` (oldest set first)."""
+    """Drop expired cookies, then any beyond ``limit`` (in the jar's iteration order)."""
     jar.clear_expired_cookies()
     cookies = list(jar)
     for cookie in cookies[: max(0, len(cookies) - limit)]:
