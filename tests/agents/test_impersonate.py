@@ -22,7 +22,7 @@ import trustme
 from curl_cffi import requests as curl_requests
 from trio_websocket import open_websocket_url
 
-from relay.browser.profiles import profile
+from relay.browser.profiles import profile, upgrade_headers
 from relay.client import open_relay
 from relay.config import AgentConfig, Config
 from tests.agents.conftest import TOKEN, start_node
@@ -286,3 +286,32 @@ async def test_errors_keep_their_wording(
             trusting.ws_url, f"{tls_target.url}/reject?status=403", agent=agent
         )
         assert (message, code) == ("Target refused the WebSocket upgrade: HTTP 403 Forbidden", 1011)
+
+
+def test_client_headers_override_values_never_positions() -> None:
+    chrome = profile("chrome")
+    assert chrome is not None
+    headers = upgrade_headers(
+        chrome,
+        host="feed.example",
+        origin="https://feed.example",
+        key=b"a2V5a2V5a2V5a2V5a2V5aw==",
+        client_headers=[
+            ("sec-websocket-protocol", "v2.feed"),
+            ("user-agent", "Mozilla/5.0 (custom)"),
+            ("Authorization", "Bearer t"),
+            ("Cookie", "a=1"),
+        ],
+    )
+    names = [name.decode() for name, _ in headers]
+    assert names == [
+        *CHROME_ORDER[:10],
+        "Authorization",
+        "Cookie",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Protocol",  # last, where Chromium adds it
+    ]
+    assert dict(headers)[b"User-Agent"] == b"Mozilla/5.0 (custom)"
+    assert profile("none") is None
+    with pytest.raises(ValueError, match="unknown browser profile"):
+        profile("chrome1")
