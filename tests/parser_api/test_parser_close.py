@@ -19,11 +19,20 @@ import struct
 import subprocess
 from pathlib import Path
 
+import attrs
 import trio
 
 from tests.conftest import require
 from tests.parser_api.parser_fake_marketplace import FakeMarketplace
-from tests.parser_api.parser_testkit import TOKEN, ParserServer, ThreadedServers, start_parser
+from tests.parser_api.parser_testkit import (
+    TOKEN,
+    ParserServer,
+    ThreadedServers,
+    make_config,
+    start_parser,
+)
+from tests.support.gateway import make_config as gateway_config
+from tests.support.gateway import start_gateway
 
 EARLY = [
     {"action": "parser.configure", "payload": {"parser_type": "poshmark", "batch_size": 5}},
@@ -240,3 +249,19 @@ def test_nodes_websocket_sees_4401_every_time(threaded: ThreadedServers, tmp_pat
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"4401": 200}
+
+
+async def test_through_the_gateways_listener_too(
+    nursery: trio.Nursery, market: FakeMarketplace
+) -> None:
+    """``relay serve`` hands /ws/parser to Hypercorn behind its own listener: same result."""
+    config = attrs.evolve(gateway_config(), parser=make_config(market))
+    running = await start_gateway(nursery, config)
+    server = ParserServer(app=None, http_base=running.address.http_url, market=market)  # type: ignore[arg-type]
+    for attempt in range(50):
+        client = await RawClient.connect(server, "wrong-token", delay=(0.0, 0.001)[attempt % 2])
+        with trio.fail_after(10):
+            assert await client.close_code() == 4401, f"attempt {attempt}"
+        if attempt == 0:
+            assert await client.still_open(0.1)
+        await client.answer_close_and_expect_eof(4401)

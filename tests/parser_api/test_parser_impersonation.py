@@ -17,6 +17,7 @@ between any two Chrome connections; JA3N (sorted extensions) and JA4 do not.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -191,7 +192,10 @@ async def test_python_ssl_and_the_plain_client_differ(pki: Pki, recorder: HelloR
     )
 
 
-async def test_cookies_are_kept_per_country_and_host(pki: Pki) -> None:
+async def test_cookies_are_kept_per_country_and_host(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     setting = (
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
         "set-cookie: __cf_bm=bot-check-value; Path=/; Secure; HttpOnly\r\n\r\n" + EMPTY_DEPOP_PAGE
@@ -209,6 +213,10 @@ async def test_cookies_are_kept_per_country_and_host(pki: Pki) -> None:
     assert first.header("cookie") is None
     assert second.header("cookie") == "__cf_bm=bot-check-value"
     assert other.header("cookie") is None  # another country's egress has its own jar
+    # The client's log lines (the recorder's own hpack debug output aside) name no cookie.
+    ours = [r for r in caplog.records if r.name.startswith(("parser_api", "curl_cffi", "httpx"))]
+    assert ours
+    assert not [r for r in ours if "bot-check-value" in r.getMessage()]
 
 
 @asynccontextmanager
