@@ -20,14 +20,15 @@ from sharing a curl handle. Cookie values are never logged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import tempfile
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -211,10 +212,14 @@ class HttpxFetcher:
             async with client.stream("GET", url, params=params, headers=sent) as response:
                 body = b""
                 if response.status_code == 200:
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) > self.policy.max_body_size:
-                            raise BodyTooLarge
+                    # aiter_bytes() is an async generator: close it when stopping early,
+                    # or Trio warns when it is garbage collected unfinished.
+                    chunks = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+                    async with contextlib.aclosing(chunks) as stream:
+                        async for chunk in stream:
+                            body += chunk
+                            if len(body) > self.policy.max_body_size:
+                                raise BodyTooLarge
                 return Answer(
                     response.status_code,
                     {k.lower(): v for k, v in response.headers.items()},

@@ -286,3 +286,16 @@ async def test_a_transport_failure_through_curl_is_upstream_unreachable(pki: Pki
         finally:
             await client.aclose()
     assert caught.value.code == "upstream_unreachable"
+
+
+async def test_an_oversized_body_through_curl_is_refused(pki: Pki) -> None:
+    big = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n[" + b"1," * 4000 + b"1]"
+    with HelloRecorder(pki.server_context(), alpn=("h2",), response=big) as rec:
+        client = PoliteClient(attrs.evolve(chrome_policy(pki), max_body_size=1024))
+        try:
+            with pytest.raises(UpstreamError) as caught:
+                await client.get_json(rec.url("/big"), {})
+        finally:
+            await client.aclose()
+    assert caught.value.code == "upstream_bad_response"
+    assert "larger than 1024 bytes" in caught.value.message
