@@ -56,9 +56,10 @@ Send = Callable[[Message], Awaitable[None]]
 def create_app(config: ParserConfig, *, egress: Egress | None = None) -> ParserApp:
     """The parser API as an ASGI app; raises ValueError if ``config`` has no admin token.
 
-    ``egress(country)`` may return the httpx transport that marketplace requests
-    for that country (ISO code, upper case; None when unknown) leave through;
-    None means a direct connection.
+    ``egress(country)`` is asked for every marketplace request and may return the
+    :class:`~parser_api.sources.http.Route` (proxy, local address) that a request
+    for that country (ISO code, upper case; None when unknown) leaves by; None
+    means a direct connection.
     """
     return ParserApp(config, egress=egress)
 
