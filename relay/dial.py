@@ -16,6 +16,7 @@ import attrs
 import trio
 
 from relay.browser.curltls import TLSFailure, ca_bundle, start_browser_tls
+from relay.browser.deflate import InflatingStream, parse_agreement
 from relay.browser.profiles import BrowserProfile, origin_of, upgrade_headers
 from relay.dataplane.hop import RECEIVE_SIZE, adopt_socket
 from relay.keepalive import hop_keepalive
@@ -183,6 +184,10 @@ async def start_target_tls(
     return tls
 
 
+def _deflate_ok(value: bytes) -> bool:
+    return parse_agreement(value) is not None
+
+
 async def upgrade(
     stream: trio.abc.Stream,
     request: ConnectRequest,
@@ -214,6 +219,7 @@ async def upgrade(
         request.upgrade_headers(),
         max_response_head=max_response_head,
         layout=layout,
+        extension_ok=None if browser is None else _deflate_ok,
     )
     try:
         await stream.send_all(handshake.request_bytes)
@@ -224,6 +230,14 @@ async def upgrade(
                 data = b""
             result = handshake.receive(data)
             if result is not None:
+                agreed = dict(result.headers).get(b"sec-websocket-extensions")
+                if agreed is not None:
+                    # The target compresses (a browser's offer): the client, which
+                    # negotiated nothing, gets inflated messages.
+                    agreement = parse_agreement(agreed)
+                    assert agreement is not None  # checked by _deflate_ok
+                    inflating = InflatingStream(stream, agreement, result.trailing)
+                    return TargetConnection(inflating, result.status, b"")
                 return TargetConnection(stream, result.status, result.trailing)
     except HandshakeError as exc:
         text = str(exc)
@@ -265,8 +279,10 @@ async def open_target(
             connection = await upgrade(
                 stream, request, max_response_head=settings.max_response_head, browser=browser
             )
-            # Under TLS the socket carries ciphertext: the pumps must use the stream.
-            return attrs.evolve(connection, sock=None if target.secure else sock)
+            # Under TLS the socket carries ciphertext, and an inflated stream is not
+            # the socket's bytes: the pumps must use the stream.
+            direct = not target.secure and connection.stream is stream
+            return attrs.evolve(connection, sock=sock if direct else None)
         except BaseException:
             if stream is not None:
                 await trio.aclose_forcefully(stream)

@@ -23,6 +23,7 @@ import attrs
 from relay.wire.closecodes import Outcome, SessionError
 
 __all__ = [
+    "DEFLATE_OFFER",
     "NONE",
     "BrowserProfile",
     "known_profile",
@@ -36,6 +37,8 @@ __all__ = [
 NONE = "none"
 # Chrome's Accept-Language for an en-US install; curl-impersonate sends the same.
 ACCEPT_LANGUAGE = "en-US,en;q=0.9"
+# What Chrome offers on every WebSocket (RFC 7692).
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 # Chrome 123 and later (zstd); the same for navigations and WebSocket upgrades.
 ACCEPT_ENCODING = "gzip, deflate, br, zstd"
 _PINNED = re.compile(r"chrome(\d+)[a-z]?(_macos)?")
@@ -150,10 +153,9 @@ def upgrade_headers(
     ``client_headers`` (cookies already merged into ``Cookie``) replace the
     values of Chrome's headers of the same name, whatever their casing; other
     headers a page cannot make Chrome send go after ``Accept-Language``, in
-    the client's order and casing; ``Sec-WebSocket-Protocol`` goes last, where
-    Chromium adds it.  No ``Sec-WebSocket-Extensions`` is offered: frames are
-    relayed as they are, so the target must not compress them
-    (docs/decisions/0012-browser-impersonation.md).
+    the client's order and casing; ``Sec-WebSocket-Extensions`` (Chrome's
+    permessage-deflate offer) and ``Sec-WebSocket-Protocol`` go last, where
+    Chromium adds them.
     """
     given = {name.lower(): (name, text) for name, text in client_headers}
 
@@ -179,6 +181,8 @@ def upgrade_headers(
         layout.append(("Cookie", cookie[1]))
     encoded = [(name.encode("ascii"), text.encode("utf-8")) for name, text in layout]
     encoded.append((b"Sec-WebSocket-Key", key))
+    # Inflated for the client if the target compresses (relay/browser/deflate.py).
+    encoded.append((b"Sec-WebSocket-Extensions", DEFLATE_OFFER.encode("ascii")))
     if protocol is not None:
         encoded.append((b"Sec-WebSocket-Protocol", protocol[1].encode("utf-8")))
     return encoded

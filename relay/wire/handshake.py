@@ -172,9 +172,12 @@ class ClientHandshake:
         *,
         max_response_head: int = 64 * 1024,
         layout: Callable[[bytes], list[tuple[bytes, bytes]]] | None = None,
+        extension_ok: Callable[[bytes], bool] | None = None,
     ) -> None:
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_response_head)
         self._key = websocket_key()
+        # Judges the target's Sec-WebSocket-Extensions when the layout offered one.
+        self._extension_ok = extension_ok
         headers: list[tuple[bytes, bytes]]
         if layout is not None:
             # A browser's request (relay/browser): every header, in its order
@@ -217,8 +220,14 @@ class ClientHandshake:
                 raise HandshakeError("target answered 101 without upgrading to websocket", 101)
             if _header(headers, b"sec-websocket-accept") != accept_key(self._key):
                 raise HandshakeError("target sent a wrong Sec-WebSocket-Accept", 101)
-            if _header(headers, b"sec-websocket-extensions") is not None:
-                raise HandshakeError("target negotiated an extension that was not offered", 101)
+            extension = _header(headers, b"sec-websocket-extensions")
+            if extension is not None:
+                if self._extension_ok is None:
+                    raise HandshakeError("target negotiated an extension that was not offered", 101)
+                if not self._extension_ok(extension):
+                    raise HandshakeError(
+                        "target answered the extension offer with one it cannot accept", 101
+                    )
             trailing, _closed = conn.trailing_data
             return UpgradeResult(101, tuple(headers), bytes(trailing))
         if isinstance(event, h11.InformationalResponse | h11.Response):

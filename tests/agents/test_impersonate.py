@@ -45,6 +45,7 @@ CHROME_ORDER = [
     "Accept-Encoding",
     "Accept-Language",
     "Sec-WebSocket-Key",
+    "Sec-WebSocket-Extensions",
 ]
 REFUSED = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
@@ -126,7 +127,7 @@ async def test_direct_agent_dials_as_chrome(
     assert relayed.request_line == "GET /feed?room=1 HTTP/1.1"
     names = _names(relayed)
     # Chrome's order and casing; the client's extra header after Accept-Language,
-    # its cookie where Chrome puts cookies; no extension offer (frames relay as is).
+    # its cookie where Chrome puts cookies, Chrome's extension offer last.
     expected = [*CHROME_ORDER[:10], "X-Trace", "Cookie", *CHROME_ORDER[10:]]
     assert names == expected
     assert relayed.header("Origin") == "https://app.example"  # value overridden, not order
@@ -138,6 +139,8 @@ async def test_direct_agent_dials_as_chrome(
     assert relayed.header("Accept-Encoding") == "gzip, deflate, br, zstd"
     assert relayed.header("Accept-Language") == "en-US,en;q=0.9"
     assert relayed.header("Pragma") == relayed.header("Cache-Control") == "no-cache"
+    offer = "permessage-deflate; client_max_window_bits"
+    assert relayed.header("Sec-WebSocket-Extensions") == offer
     # The relay's own request stays as it was.
     assert _names(python_ssl)[:3] == ["host", "upgrade", "connection"]
 
@@ -309,6 +312,7 @@ def test_client_headers_override_values_never_positions() -> None:
         "Authorization",
         "Cookie",
         "Sec-WebSocket-Key",
+        "Sec-WebSocket-Extensions",
         "Sec-WebSocket-Protocol",  # last, where Chromium adds it
     ]
     assert dict(headers)[b"User-Agent"] == b"Mozilla/5.0 (custom)"

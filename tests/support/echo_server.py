@@ -1,7 +1,8 @@
 """A plain `websockets` echo server, the reference target for conformance runs.
 
-Run: python -m tests.support.echo_server PORT [CERTFILE KEYFILE]  (prints "ready" once
-listening); with a certificate and key it serves wss://.
+Run: python -m tests.support.echo_server PORT [CERTFILE KEYFILE] [--deflate]  (prints
+"ready" once listening); with a certificate and key it serves wss://, with --deflate it
+accepts permessage-deflate and compresses what it sends.
 """
 
 from __future__ import annotations
@@ -22,18 +23,18 @@ async def _echo(ws: ServerConnection) -> None:
         pass
 
 
-async def _main(port: int, tls: list[str]) -> None:
+async def _main(port: int, tls: list[str], deflate: bool) -> None:
     context: ssl.SSLContext | None = None
     if tls:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(tls[0], tls[1])
-    # No compression, 32 MiB messages: Autobahn's 9.x cases send up to 16 MiB.
+    # No compression unless asked, 32 MiB messages: Autobahn's 9.x cases send up to 16 MiB.
     async with serve(
         _echo,
         "127.0.0.1",
         port,
         max_size=32 * 1024 * 1024,
-        compression=None,
+        compression="deflate" if deflate else None,
         ping_interval=None,
         ssl=context,
     ):
@@ -42,4 +43,5 @@ async def _main(port: int, tls: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_main(int(sys.argv[1]), sys.argv[2:4]))
+    args = [arg for arg in sys.argv[1:] if arg != "--deflate"]
+    asyncio.run(_main(int(args[0]), args[1:3], "--deflate" in sys.argv))
