@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import Sequence
+from functools import partial
 
 import attrs
 import pytest
@@ -319,3 +320,29 @@ def test_client_headers_override_values_never_positions() -> None:
     assert profile("none") is None
     with pytest.raises(ValueError, match="unknown browser profile"):
         profile("chrome1")
+
+
+async def test_a_plain_ws_target_gets_chromes_request(nursery: trio.Nursery) -> None:
+    heads: list[bytes] = []
+
+    async def answer(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await stream.receive_some()
+            if not chunk:
+                return
+            head += chunk
+        heads.append(head.split(b"\r\n\r\n", 1)[0])
+        await stream.send_all(REFUSED)
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    agents = (AgentConfig(slug="chrome", impersonate="chrome"),)
+    running = await start_gateway(nursery, make_config(agents=agents))
+    message, code = await _dial(running.ws_url, f"ws://127.0.0.1:{port}/plain")
+    assert (message, code) == ("Target refused the WebSocket upgrade: HTTP 403 Forbidden", 1011)
+    lines = heads[0].decode().split("\r\n")
+    assert lines[0] == "GET /plain HTTP/1.1"
+    assert [line.split(":", 1)[0] for line in lines[1:]] == CHROME_ORDER
+    assert f"Origin: http://127.0.0.1:{port}" in lines

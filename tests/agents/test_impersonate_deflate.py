@@ -187,3 +187,33 @@ async def test_a_compressing_target_reaches_the_client_inflated(
             await relayed.websocket.send_message(message)
             assert await relayed.websocket.get_message() == message
         await relayed.websocket.aclose(4001, "done")
+
+
+@asynccontextmanager
+async def _plain_compressing_echo() -> AsyncIterator[str]:
+    port = free_port()
+    command = [sys.executable, "-m", "tests.support.echo_server", str(port), "--deflate"]
+    async with trio.open_nursery() as nursery:
+        run = partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+        process: trio.Process = await nursery.start(run)
+        assert process.stdout is not None
+        with trio.fail_after(30):  # a hang guard only
+            assert b"ready" in await process.stdout.receive_some()
+        try:
+            yield f"ws://127.0.0.1:{port}/"
+        finally:
+            process.kill()
+
+
+async def test_a_plain_ws_target_gets_chromes_request_and_is_inflated_too(
+    nursery: trio.Nursery,
+) -> None:
+    agents = (AgentConfig(slug="chrome", impersonate="chrome"),)
+    running = await start_gateway(nursery, make_config(agents=agents))
+    async with (
+        _plain_compressing_echo() as target_url,
+        open_relay(running.ws_url, api_key=KEY, url=target_url) as relayed,
+    ):
+        for message in ("quote " * 5000, b"\x07" * 1_500_000):
+            await relayed.websocket.send_message(message)
+            assert await relayed.websocket.get_message() == message
