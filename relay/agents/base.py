@@ -78,6 +78,8 @@ class AgentPool:
             and (not pinned or agent.slug in pinned)
             and (not request.geo or agent.country in request.geo)
         ]
+        if request.impersonate is not None and found:
+            found = _permitting(found, request.impersonate)
         self._rng.shuffle(found)
         return found
 
@@ -124,6 +126,23 @@ class AgentPool:
             Outcome.NO_AGENT,
             f"No agent available: {', '.join(tried)} failed; last: {last.message}",
         )
+
+
+def _permitting(found: list[Agent], choice: str) -> list[Agent]:
+    """The agents that let a session choose its browser profile (``allow_impersonate``).
+
+    None of them: the field is refused (1008) rather than "No agent available".
+    """
+    permitting = [agent for agent in found if getattr(agent, "allow_impersonate", False)]
+    if not permitting:
+        which = f"agent {found[0].slug} does not" if len(found) == 1 else "no matching agent"
+        verb = "" if len(found) == 1 else "s"
+        raise SessionError(
+            Outcome.BAD_REQUEST,
+            f"Invalid connect message: impersonate: {which} allow{verb} choosing a browser "
+            f"profile (allow_impersonate), asked for {choice!r}",
+        )
+    return permitting
 
 
 def plain_request(url: str, headers: Sequence[tuple[str, str]] = ()) -> ConnectRequest:

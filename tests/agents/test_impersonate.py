@@ -346,3 +346,30 @@ async def test_a_plain_ws_target_gets_chromes_request(nursery: trio.Nursery) -> 
     assert lines[0] == "GET /plain HTTP/1.1"
     assert [line.split(":", 1)[0] for line in lines[1:]] == CHROME_ORDER
     assert f"Origin: http://127.0.0.1:{port}" in lines
+
+
+async def test_a_session_choice_goes_to_an_agent_that_allows_it(
+    nursery: trio.Nursery, tls_target: TargetServer, ca_file: str
+) -> None:
+    agents = (
+        AgentConfig(slug="fixed", country="DE"),
+        AgentConfig(slug="open", country="DE", allow_impersonate=True),
+        AgentConfig(slug="other", country="AT"),
+    )
+    running = await start_gateway(nursery, _with_ca(make_config(agents=agents), ca_file))
+    for _ in range(6):
+        async with open_websocket_url(running.ws_url) as ws:
+            await ws.send_message(
+                connect_json(f"{tls_target.url}/echo", geo="DE", impersonate="chrome")
+            )
+            assert json.loads(await ws.get_message())["node_id"] == "relay-open"
+    url = f"{tls_target.url}/echo"
+    message, code = await _dial(
+        running.ws_url, url, geo="AT,DE", agent="fixed,other", impersonate="chrome"
+    )
+    assert message is not None
+    assert message.startswith(
+        "Invalid connect message: impersonate: no matching agent allows choosing"
+    )
+    assert code == 1008
+    assert all(c.headers["user-agent"].startswith("Mozilla/5.0") for c in tls_target.connections)
