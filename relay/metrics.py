@@ -185,6 +185,16 @@ class Metrics:
             ["side", "code"],
             registry=self.registry,
         )
+        self.closes_skipped = Counter(
+            "relay_closes_skipped",
+            "Sides disconnected without the close they were owed: a frame to them "
+            "(the rest of a cut-short send or of a frame over 64 KiB) could not be "
+            "finished within close_timeout",
+            ["side"],
+            registry=self.registry,
+        )
+        for side in ("client", "target"):
+            self.closes_skipped.labels(side)
         self.sessions = Counter(
             "relay_sessions_ended",
             "Sessions ended, by outcome",

@@ -153,8 +153,11 @@ async def serve(
                 server.drain_period,
             )
             async with trio.open_nursery() as draining:
+                # After drain_period, each session gets close_timeout to finish
+                # a frame in flight to each side, then close_timeout for the
+                # 1001 to be answered (relay/dataplane/closing.py).
                 draining.start_soon(
-                    gateway.registry.drain, server.drain_period, server.close_timeout + 1.0
+                    gateway.registry.drain, server.drain_period, 2 * server.close_timeout + 1.0
                 )
                 if parser is not None:
                     draining.start_soon(_drain_parser, parser, server.drain_period)

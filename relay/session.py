@@ -90,6 +90,17 @@ async def _read_connect_message(client: Hop, max_size: int) -> str | None:
     reader = FrameReader(from_client=True, max_frame=max_size)
     reader.feed(client.pending)
     client.pending = b""
+    try:
+        return await _assemble_connect_message(client, reader, max_size)
+    finally:
+        # However this ends — the message, a refusal, the connect deadline or
+        # a shutdown cancelling the read — bytes after the last whole frame go
+        # back to the hop: the close that follows must find the client's
+        # answer from the right offset.
+        client.pending = reader.take_buffered()
+
+
+async def _assemble_connect_message(client: Hop, reader: FrameReader, max_size: int) -> str | None:
     parts: list[bytes] = []
     size = 0
     while True:
@@ -131,7 +142,6 @@ async def _read_connect_message(client: Hop, max_size: int) -> str | None:
             )
         parts.append(frame.payload)
         if frame.fin:
-            client.pending = reader.take_buffered()
             try:
                 return b"".join(parts).decode("utf-8")
             except UnicodeDecodeError:
@@ -250,6 +260,8 @@ class Session:
             for side, hop in (("client", self.client), ("target", self.target)):
                 if hop is not None and hop.close_sent:
                     registry.metrics.close_sent(side, hop.sent_close_code)
+                if hop is not None and hop.close_was_skipped:
+                    registry.metrics.closes_skipped.labels(side).inc()
             registry.session_ended(self)
             log.info("session end", extra=self._log_fields())
 
@@ -327,6 +339,12 @@ class Session:
 
     def _log_fields(self) -> dict[str, Any]:
         client, target = self.client, self.target
+        skipped = [
+            hop.name for hop in (client, target) if hop is not None and hop.close_was_skipped
+        ]
+        if skipped:
+            # Owed a close, disconnected without one: a frame to it was left unfinished.
+            log.warning("session %s: no close frame to %s", self.id, " and ".join(skipped))
         return fields(
             session=self.id,
             key=self.key_id,

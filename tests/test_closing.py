@@ -2,7 +2,9 @@
 the close (code, reason) each side is sent, and whether the relay waits for its
 answer.  In-memory streams, no sockets; the peers never answer, so a side that
 is waited for is closed exactly ``GRACE`` seconds after the end, and one that is
-not, at once.  docs/architecture.md ("Closing") states the same rules in words.
+not, at once — plus ``GRACE`` when the relay first waited for the rest of a
+frame owed to a side.  docs/architecture.md ("Closing") states the same rules
+in words; tests/test_cancellation.py covers the frames that do arrive.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ Setup = Callable[[Hop, Hop], None]
 
 @attrs.frozen
 class Side:
-    """What one peer saw: the close frame it got (or NOTHING) and whether it was waited for."""
+    """What one peer saw: the close frame it got (or NOTHING), whether its answer
+    was waited for, and whether it was owed a close it could not be sent."""
 
     close: tuple[int | None, str] | str
     waited: bool
+    skipped: bool = False
 
 
 @attrs.frozen
@@ -47,6 +51,7 @@ class Row:
     setup: Setup
     client: Side
     target: Side
+    frame_wait: bool = False  # the relay first waits GRACE for a frame's rest
 
 
 def _none(client: Hop, target: Hop) -> None:
@@ -188,17 +193,20 @@ TABLE = [
         target=Side((CloseCode.PROTOCOL_ERROR, "frame from server masked"), waited=False),
     ),
     Row(
-        "shutdown with a target frame half-forwarded to the client",
+        "shutdown with a target frame half-forwarded, its rest never comes",
         Ending(Outcome.SHUTDOWN),
         _target_frame_half_forwarded,
-        client=Side(NOTHING, waited=False),  # a close cannot follow half a frame
+        # Waited GRACE for the rest of the frame; a close cannot follow half a frame.
+        client=Side(NOTHING, waited=False, skipped=True),
         target=Side((CloseCode.GOING_AWAY, "server shutting down"), waited=True),
+        frame_wait=True,
     ),
     Row(
         "target lost after a send to the client was cut short",
         Ending(Outcome.TARGET_LOST),
         _but(_client_send_broken, _target_lost),
-        client=Side(NOTHING, waited=False),
+        # A TLS write cut short cannot be resumed: owed a close, disconnected without one.
+        client=Side(NOTHING, waited=False, skipped=True),
         target=Side(NOTHING, waited=False),
     ),
 ]
@@ -230,7 +238,9 @@ async def test_closing_table(row: Row, autojump_clock: trio.testing.MockClock) -
         nursery.start_soon(lambda: _watch(client_peer, masked=False, seen=seen["client"]))
         nursery.start_soon(lambda: _watch(target_peer, masked=True, seen=seen["target"]))
         await end_relay(client, target, row.ending, GRACE)
-    for name, expected in (("client", row.client), ("target", row.target)):
+    first = GRACE if row.frame_wait else 0.0
+    for name, hop, expected in (("client", client, row.client), ("target", target, row.target)):
         got = seen[name]
         assert got.get("close", NOTHING) == expected.close, name
-        assert got["closed_at"] == start + (GRACE if expected.waited else 0.0), name
+        assert got["closed_at"] == start + first + (GRACE if expected.waited else 0.0), name
+        assert hop.close_was_skipped == expected.skipped, name

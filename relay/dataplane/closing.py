@@ -1,10 +1,14 @@
 """Ending a session: who is sent which close, who is waited for, and for how long.
 
-The rules (docs/architecture.md, "Closing"): a side that closed first and was
-never answered gets its own code back; otherwise the outcome's code from
-:mod:`relay.wire.closecodes`; a side that cannot take a frame (gone, a send cut
-short, half of a streamed frame sent to it) is simply disconnected; a side
-that was sent a close is given ``grace`` seconds to answer.
+The rules (docs/architecture.md, "Closing"): first, what each side is owed
+before a close can follow it is delivered, within ``grace`` seconds — the rest
+of a send that cancellation cut short, and the rest of a frame over 64 KiB
+that was being streamed to it, relayed as it arrives.  Then a side that
+closed first and was never answered gets its own code back; otherwise the
+outcome's code from :mod:`relay.wire.closecodes`; a side that still cannot
+take a frame (gone, or a frame to it left unfinished) is disconnected without
+one, which is counted; a side that was sent a close is given ``grace``
+seconds to answer.
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ async def close_hop(hop: Hop, code: int | None, reason: str, can_send: bool, gra
     for its answer, disconnect."""
     with trio.move_on_after(grace):
         try:
-            if can_send and hop.can_send_close:
+            if not can_send or not hop.can_send_close:
+                if not (hop.lost or hop.close_sent):
+                    hop.close_skipped()  # owed a close that would follow half a frame
+            else:
                 await hop.send_close(code, reason)
             if hop.close_sent and not hop.send_broken and not hop.incoming.broken:
                 await _await_close(hop)
@@ -46,8 +53,45 @@ async def close_hop(hop: Hop, code: int | None, reason: str, can_send: bool, gra
     await hop.aclose()
 
 
+async def _complete_frames(dst: Hop, src: Hop) -> None:
+    """Deliver to ``dst`` what it is owed before a close: a cut-short send's rest,
+    then the rest of the frame ``src`` was streaming to it, read as it arrives.
+
+    Nothing past that frame is read: the next bytes (``src``'s close answer,
+    say) stay in ``src.pending`` for whoever reads ``src`` next.
+    """
+    incoming = src.incoming
+    try:
+        await dst.flush()
+        while incoming.mid_frame and not src.lost and not dst.lost:
+            data = await src.receive()
+            if not data:
+                return
+            rest = incoming.frame_rest
+            if len(data) > rest:
+                src.pending = bytes(data[rest:])
+                data = data[:rest]
+            out = incoming.feed(data).out
+            del data
+            if out:
+                await dst.send_bytes(out)
+    except trio.BrokenResourceError:
+        dst.mark_lost()
+
+
+def _owes_frames(dst: Hop, src: Hop) -> bool:
+    return not dst.lost and (bool(dst.unsent) or (src.incoming.mid_frame and not src.lost))
+
+
 async def end_relay(client: Hop, target: Hop, ending: Ending | None, grace: float) -> None:
     """Close both hops after the relay phase."""
+    if ending is not None and (_owes_frames(client, target) or _owes_frames(target, client)):
+        # Both directions at once: each reads one hop and writes the other.
+        # Done before any close is awaited, which reads the same hops.
+        with trio.move_on_after(grace):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_complete_frames, client, target)
+                nursery.start_soon(_complete_frames, target, client)
     if ending is None:
         # Both closes relayed: the server side closes TCP first; the target,
         # a server too, is given the chance to do the same.

@@ -63,6 +63,7 @@ class Hop:
     __slots__ = (
         "close_received",
         "close_sent",
+        "close_was_skipped",
         "closed",
         "drained",
         "incoming",
@@ -76,6 +77,7 @@ class Hop:
         "sent_close_code",
         "sock",
         "stream",
+        "unsent",
     )
 
     def __init__(
@@ -105,8 +107,12 @@ class Hop:
         self.close_received: CloseFrame | None = None
         self.close_sent = False
         self.sent_close_code: int | None = None  # what the close sent here said
+        self.close_was_skipped = False  # owed a close, but a frame to it was left unfinished
         self.lost = False
         self.send_broken = False
+        # What a cancelled send had still to write (plain TCP): the stream
+        # stops mid-frame there, and flush() can still complete it.
+        self.unsent = b""
         self.closed = False
 
     # -- close state: every change goes through these ---------------------------
@@ -119,6 +125,11 @@ class Hop:
         """The other side's close frame (with ``code``) has been written to this hop."""
         self.close_sent = True
         self.sent_close_code = code
+
+    def close_skipped(self) -> None:
+        """This side was owed a close but is disconnected without one: a frame
+        to it could not be finished (logged and counted by the session)."""
+        self.close_was_skipped = True
 
     def mark_lost(self) -> None:
         """The connection is gone (a send failed, or EOF was read)."""
@@ -154,6 +165,7 @@ class Hop:
             if self.drained:
                 self.drained = False
             else:
+                await trio.lowlevel.checkpoint_if_cancelled()
                 try:
                     ready = sock.recv(self.read_size)
                 except BlockingIOError:
@@ -163,8 +175,11 @@ class Hop:
             if ready is None:
                 data = await self._wait_and_receive(sock)
             else:
+                # Bytes taken from the kernel must reach the caller: the
+                # scheduling point after the read cannot be cancelled (Trio's
+                # own rule for its socket calls), the one before it can.
                 data = ready
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()
         if not data:
             self.mark_lost()
         size = len(data)
@@ -215,12 +230,22 @@ class Hop:
                 await trio.lowlevel.wait_writable(sock)
             except trio.ClosedResourceError as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
+            except trio.Cancelled:
+                # The peer has part of a frame: keep the rest for flush().
+                self.unsent = bytes(view)
+                raise
             try:
                 view = view[sock.send(view) :]
             except BlockingIOError:
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def flush(self) -> None:
+        """Write what a cancelled send left unsent, so a frame can follow again."""
+        if self.unsent:
+            data, self.unsent = self.unsent, b""
+            await self.send_bytes(data)
 
     async def send_frame(self, opcode: int, payload: bytes) -> None:
         """Write one frame originated by the relay (masked towards the target)."""

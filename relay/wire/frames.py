@@ -244,6 +244,11 @@ class FrameRelay:
         return self._remaining > 0 and not self._skipping
 
     @property
+    def frame_rest(self) -> int:
+        """Payload bytes of the frame being streamed still to come (0 at a frame boundary)."""
+        return 0 if self._skipping else self._remaining
+
+    @property
     def buffered(self) -> int:
         """Bytes held back waiting for the rest of their frame."""
         return len(self._carry)
