@@ -46,6 +46,12 @@ def add_agent_parser(
     agent.add_argument("--node-id", help="node_id it reports (default relay-<slug>)")
     agent.add_argument("--proxy", metavar="URL", help="dial through this upstream proxy")
     agent.add_argument("--source-address", metavar="IP", help="bind target connections to IP")
+    agent.add_argument(
+        "--impersonate",
+        metavar="PROFILE",
+        help="dial targets as this browser ('chrome', a pinned profile, or 'none') when a "
+        "link names none",
+    )
     agent.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate")
     agent.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     agent.add_argument(
@@ -71,6 +77,7 @@ def build_node_config(args: argparse.Namespace) -> NodeConfig:
             ("node_id", args.node_id),
             ("proxy", args.proxy),
             ("source_address", args.source_address),
+            ("impersonate", args.impersonate),
             ("tls_cert", args.tls_cert),
             ("tls_key", args.tls_key),
         )
@@ -102,6 +109,8 @@ def node_banner(address: NodeAddress, config: NodeConfig) -> str:
         egress = f"through {ProxyURL.parse(agent.proxy)}"  # str() hides credentials
     if agent.source_address is not None:
         egress += f" from {agent.source_address}"
+    if agent.impersonate != "none":
+        egress += f", as {agent.impersonate}"
     lines = [f"relay agent {agent.slug}{where} listening on {address.url}"]
     if not config.targets.allow_private:
         lines.append("private and loopback targets are refused (--allow-private-targets to allow)")

@@ -15,6 +15,7 @@ import json
 import ssl
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import attrs
 import pytest
@@ -24,8 +25,9 @@ from curl_cffi import requests as curl_requests
 from trio_websocket import open_websocket_url
 
 from relay.browser.profiles import profile, upgrade_headers
+from relay.cli import _parser, build_node_config
 from relay.client import open_relay
-from relay.config import AgentConfig, Config
+from relay.config import AgentConfig, Config, ConfigError, config_from_dict
 from tests.agents.conftest import TOKEN, start_node
 from tests.support.clienthello import Connection, HelloRecorder, ja3n, ja4
 from tests.support.gateway import KEY, connect_json, make_config, refusal, start_gateway
@@ -373,3 +375,23 @@ async def test_a_session_choice_goes_to_an_agent_that_allows_it(
     )
     assert code == 1008
     assert all(c.headers["user-agent"].startswith("Mozilla/5.0") for c in tls_target.connections)
+
+
+def test_relay_agent_takes_impersonate_from_file_and_option(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[agent]\ntoken = "t"\nimpersonate = "chrome"\n')
+    config = build_node_config(_parser().parse_args(["agent", "--config", str(path)]))
+    assert config.agent.impersonate == "chrome"
+    assert config.agent.egress().allow_impersonate  # links choose: the gateway already did
+    args = ["agent", "--config", str(path), "--impersonate", "none"]
+    assert build_node_config(_parser().parse_args(args)).agent.impersonate == "none"
+    with pytest.raises(ConfigError, match="impersonate: must be 'none', 'chrome' or a profile"):
+        build_node_config(_parser().parse_args([*args[:3], "--impersonate", "lynx"]))
+    with pytest.raises(ConfigError, match="impersonate: not available through an https:// proxy"):
+        config_from_dict(
+            {
+                "agents": [
+                    {"slug": "p", "kind": "proxy", "proxy": "https://h:1", "impersonate": "chrome"}
+                ]
+            }
+        )
