@@ -123,13 +123,15 @@ class _Multi:
     One handle for all sessions lets curl keep the parsed CA store between
     handshakes (``CURLOPT_CA_CACHE_TIMEOUT``) instead of reading the bundle
     each time.  Each handshake's task drives it with ``curl_multi_perform``
-    and keeps finished results for their owners.
+    and keeps finished results for their owners; a handshake finished by
+    another task's call wakes its owner at once (its wait's cancel scope).
     """
 
     def __init__(self) -> None:
         lib = _lib()
         self.multi = lib.curl_multi_init()
         self.results: dict[int, int] = {}
+        self._waits: dict[int, trio.CancelScope] = {}  # handshakes waiting on their socket
         self._running = _ffi.new("int *")
         self._queued = _ffi.new("int *")
         self._timeout = _ffi.new("long *")
@@ -147,6 +149,9 @@ class _Multi:
             if message.msg == _CURLMSG_DONE:
                 key = int(_ffi.cast("uintptr_t", message.easy_handle))
                 self.results[key] = int(message.data.result)
+                waiting = self._waits.get(key)
+                if waiting is not None:
+                    waiting.cancel()  # its owner need not wait for its socket any more
 
     def wanted(self, fd: int) -> tuple[int, float]:
         """What curl waits for on ``fd`` (``CURL_WAIT_POLL*`` bits) and its timer, in seconds."""
@@ -173,13 +178,17 @@ class _Multi:
                 if code is not None:
                     return code
                 events, timer = self.wanted(fd)
-                with trio.move_on_after(timer):
-                    if events & _CURL_WAIT_POLLOUT:
-                        await trio.lowlevel.wait_writable(fd)
-                    elif events & _CURL_WAIT_POLLIN:
-                        await trio.lowlevel.wait_readable(fd)
-                    else:
-                        await trio.sleep_forever()  # curl's timer decides
+                with trio.move_on_after(timer) as scope:
+                    self._waits[key] = scope
+                    try:
+                        if events & _CURL_WAIT_POLLOUT:
+                            await trio.lowlevel.wait_writable(fd)
+                        elif events & _CURL_WAIT_POLLIN:
+                            await trio.lowlevel.wait_readable(fd)
+                        else:
+                            await trio.sleep_forever()  # curl's timer decides
+                    finally:
+                        del self._waits[key]
         finally:
             # A connected handle stays in the multi: removing it would drop the
             # connection curl_easy_send/recv use.  It leaves in remove().
