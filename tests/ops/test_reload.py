@@ -4,6 +4,7 @@ a broken file, and what needs a restart — with real clients and a real target.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trustme
 from trio_websocket import ConnectionClosed
 
 from relay.client import RelayError, open_relay
@@ -328,3 +330,48 @@ async def test_reload_sets_the_log_level_unless_the_command_line_did(
         assert root.level == logging.ERROR  # --log-level was given: the file does not decide
     finally:
         root.setLevel(saved)
+
+
+async def test_a_renewed_certificate_serves_new_connections(
+    nursery: trio.Nursery, tmp_path: Path, target: TargetServer
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+
+    def install(ca: trustme.CA) -> None:
+        leaf = ca.issue_cert("127.0.0.1")
+        leaf.private_key_pem.write_to_path(str(key))
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        for blob in leaf.cert_chain_pems[1:]:
+            blob.write_to_path(str(cert), append=True)
+
+    def trusting(ca: trustme.CA) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        return context
+
+    install(old_ca)
+    tls = f'bind = "127.0.0.1:0"\ncertfile = "{cert}"\nkeyfile = "{key}"'
+    relay = await start(
+        nursery, tmp_path / "relay.toml", config_text().replace('bind = "127.0.0.1:0"', tls)
+    )
+    ws_url, url = relay.address.ws_url, f"{target.url}/echo"
+    assert ws_url.startswith("wss://")
+    old, new = trusting(old_ca), trusting(new_ca)
+    async with open_relay(ws_url, api_key="alpha-key", url=url, ssl_context=old) as open_session:
+        install(new_ca)  # renewed in place, as a certificate manager does
+        result = await relay.reloader.reload()
+        assert result.ok, result.message
+        assert result.needs_restart == ()
+        async with open_relay(ws_url, api_key="alpha-key", url=url, ssl_context=new) as renewed:
+            await renewed.websocket.send_message("new certificate")
+            assert await renewed.websocket.get_message() == "new certificate"
+        # The old CA no longer vouches for what new connections are served.
+        tcp = await trio.open_tcp_stream(relay.address.host, relay.address.port)
+        tls_stream = trio.SSLStream(tcp, old, server_hostname="127.0.0.1")
+        with pytest.raises(trio.BrokenResourceError) as refused:
+            await tls_stream.do_handshake()
+        assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+        await trio.aclose_forcefully(tls_stream)
+        await open_session.websocket.send_message("old session")
+        assert await open_session.websocket.get_message() == "old session"
