@@ -15,7 +15,6 @@ import json
 import ssl
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 
 import attrs
 import pytest
@@ -25,13 +24,12 @@ from curl_cffi import requests as curl_requests
 from trio_websocket import open_websocket_url
 
 from relay.browser.profiles import profile, upgrade_headers
-from relay.cli import _parser, build_node_config
 from relay.client import open_relay
-from relay.config import AgentConfig, Config, ConfigError, config_from_dict
+from relay.config import AgentConfig, Config
 from tests.agents.conftest import TOKEN, start_node
 from tests.support.clienthello import Connection, HelloRecorder, ja3n, ja4
 from tests.support.gateway import KEY, connect_json, make_config, refusal, start_gateway
-from tests.support.proxies import microsocks
+from tests.support.proxies import microsocks, tinyproxy
 from tests.support.target import TargetServer
 
 # What Chromium 156 sent for new WebSocket("wss://…") on this machine; the same order
@@ -50,6 +48,7 @@ CHROME_ORDER = [
     "Sec-WebSocket-Key",
     "Sec-WebSocket-Extensions",
 ]
+SECRET = "pr0xy-s3cret"
 REFUSED = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -206,33 +205,6 @@ async def test_remote_agent_dials_as_chrome_where_the_node_dials(
     assert ja4(python_ssl.hello) != ja4(library.hello)
 
 
-@pytest.mark.parametrize(
-    ("agent", "choice", "expected"),
-    [
-        (
-            "fixed",
-            "chrome",
-            "Invalid connect message: impersonate: agent fixed does not allow choosing a "
-            "browser profile (allow_impersonate)",
-        ),
-        ("open", "netscape4", "Invalid connect message: impersonate: unknown browser profile"),
-        ("open", "Chrome 1", "Invalid connect message: impersonate: must be a browser profile"),
-    ],
-)
-async def test_a_session_chooses_only_where_the_agent_allows(
-    nursery: trio.Nursery, tls_target: TargetServer, agent: str, choice: str, expected: str
-) -> None:
-    agents = (AgentConfig(slug="fixed"), AgentConfig(slug="open", allow_impersonate=True))
-    running = await start_gateway(nursery, make_config(agents=agents))
-    message, code = await _dial(
-        running.ws_url, f"{tls_target.url}/echo", agent=agent, impersonate=choice
-    )
-    assert message is not None
-    assert message.startswith(expected), message
-    assert code == 1008
-    assert tls_target.connections == []  # refused before any dial
-
-
 async def _echo_session(ws_url: str, url: str, agent: str, **fields: object) -> None:
     """Relay big and small messages both ways, then a close with a code and reason."""
     async with open_websocket_url(ws_url, max_message_size=1 << 24) as ws:
@@ -350,48 +322,31 @@ async def test_a_plain_ws_target_gets_chromes_request(nursery: trio.Nursery) -> 
     assert f"Origin: http://127.0.0.1:{port}" in lines
 
 
-async def test_a_session_choice_goes_to_an_agent_that_allows_it(
-    nursery: trio.Nursery, tls_target: TargetServer, ca_file: str
+async def test_http_connect_proxy_and_source_address_keep_working(
+    nursery: trio.Nursery, ca: trustme.CA, ca_file: str
 ) -> None:
-    agents = (
-        AgentConfig(slug="fixed", country="DE"),
-        AgentConfig(slug="open", country="DE", allow_impersonate=True),
-        AgentConfig(slug="other", country="AT"),
-    )
-    running = await start_gateway(nursery, _with_ca(make_config(agents=agents), ca_file))
-    for _ in range(6):
-        async with open_websocket_url(running.ws_url) as ws:
-            await ws.send_message(
-                connect_json(f"{tls_target.url}/echo", geo="DE", impersonate="chrome")
-            )
-            assert json.loads(await ws.get_message())["node_id"] == "relay-open"
-    url = f"{tls_target.url}/echo"
-    message, code = await _dial(
-        running.ws_url, url, geo="AT,DE", agent="fixed,other", impersonate="chrome"
-    )
-    assert message is not None
-    assert message.startswith(
-        "Invalid connect message: impersonate: no matching agent allows choosing"
-    )
-    assert code == 1008
-    assert all(c.headers["user-agent"].startswith("Mozilla/5.0") for c in tls_target.connections)
-
-
-def test_relay_agent_takes_impersonate_from_file_and_option(tmp_path: Path) -> None:
-    path = tmp_path / "agent.toml"
-    path.write_text('[agent]\ntoken = "t"\nimpersonate = "chrome"\n')
-    config = build_node_config(_parser().parse_args(["agent", "--config", str(path)]))
-    assert config.agent.impersonate == "chrome"
-    assert config.agent.egress().allow_impersonate  # links choose: the gateway already did
-    args = ["agent", "--config", str(path), "--impersonate", "none"]
-    assert build_node_config(_parser().parse_args(args)).agent.impersonate == "none"
-    with pytest.raises(ConfigError, match="impersonate: must be 'none', 'chrome' or a profile"):
-        build_node_config(_parser().parse_args([*args[:3], "--impersonate", "lynx"]))
-    with pytest.raises(ConfigError, match="impersonate: not available through an https:// proxy"):
-        config_from_dict(
-            {
-                "agents": [
-                    {"slug": "p", "kind": "proxy", "proxy": "https://h:1", "impersonate": "chrome"}
-                ]
-            }
+    async with tinyproxy(user="u", password=SECRET, bind="127.0.0.7") as http:
+        agents = (
+            AgentConfig(
+                slug="h",
+                kind="proxy",
+                proxy=http.url("u", SECRET),
+                impersonate="chrome",
+                remote_dns=False,
+            ),
+            AgentConfig(slug="bound", source_address="127.0.0.9", impersonate="chrome"),
         )
+        running = await start_gateway(nursery, _with_ca(make_config(agents=agents), ca_file))
+        with _recorder(ca) as recorder:
+            url = f"wss://localhost:{recorder.port}/"
+            for count, agent in enumerate(("h", "bound"), start=1):
+                message, _ = await _dial(running.ws_url, url, agent=agent)
+                assert message == "Target refused the WebSocket upgrade: HTTP 403 Forbidden"
+                await _recorded(recorder, count)
+            through_proxy, bound = recorder.wait_for(2)
+    assert through_proxy.peer[0] == "127.0.0.7"  # tinyproxy's own outgoing address
+    assert bound.peer[0] == "127.0.0.9"
+    for relayed in (through_proxy, bound):
+        assert relayed.hello.server_name == "localhost"  # the name, though the address was dialed
+        assert ja4(relayed.hello).startswith("t13d1516h1_8daaf6152771_")
+        assert _names(relayed) == CHROME_ORDER
