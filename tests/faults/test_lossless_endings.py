@@ -348,8 +348,10 @@ async def test_drain_with_large_frames_in_flight_both_ways() -> None:
             async with trio.open_nursery() as inner:
                 inner.start_soon(_read_all, conn, side)
                 if plans[index].ending == "down":
+                    side.sent.append(
+                        bytes(big)
+                    )  # recorded first: the test may end in the last pause
                     await paced(stream, down_frame)
-                    side.sent.append(bytes(big))
                 elif plans[index].ending == "small":
                     await _send_all(conn, ["small"], side)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -379,8 +381,8 @@ async def test_drain_with_large_frames_in_flight_both_ways() -> None:
                 if plans[index].ending == "up":
                     # A masked frame written by wsproto, sent in paced slices.
                     frame = conn.ws.send(BytesMessage(up_payload))
-                    await paced(stream, frame)
                     side.sent.append(up_payload)
+                    await paced(stream, frame)
             await trio.aclose_forcefully(stream)
 
         async with trio.open_nursery() as sessions:
