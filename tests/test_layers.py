@@ -39,6 +39,7 @@ _LAYERS: dict[str, int] = {
     "relay.reload": SERVER,
     "relay.node.server": SERVER,
     "relay.cli": CLI,
+    "relay.opscli": CLI,  # relay config check / keys new / reload
     "relay.node.cli": CLI,
 }
 
