@@ -8,7 +8,9 @@ module only, so a bound enforced on one can never be missing on the other:
    new connection is closed at once, before a byte is read or a TLS handshake
    is spent on it;
 2. the TLS handshake, when the port serves TLS;
-3. the HTTP/1.x request head, read with h11 within ``max_request_head`` bytes.
+3. the HTTP/1.x request head, within ``max_request_head`` bytes: parsed by a
+   strict parser when it is of the common shape and whole in the first read,
+   by h11 otherwise (relay/wire/httphead.py says why).
 
 Steps 2 and 3 share one ``handshake_timeout`` deadline.  The answers the
 router gives itself follow: 400 for a malformed head, 431 for one over the
@@ -31,6 +33,7 @@ from relay.capacity import Capacity
 from relay.config import ServerConfig
 from relay.dataplane.hop import RECEIVE_SIZE
 from relay.wire.handshake import HandshakeError, is_upgrade, server_accept, server_reject
+from relay.wire.httphead import parse_request
 
 __all__ = ["RequestHead", "read_request_head", "send_quietly", "take_request_head"]
 
@@ -41,31 +44,75 @@ _METHOD_PREFIX = re.compile(rb"^[A-Z]{1,15}( |$)")
 
 @attrs.define(slots=True, eq=False)
 class RequestHead:
-    """A connection whose request head has been read and passed every bound."""
+    """A connection whose request head has been read and passed every bound.
+
+    The head is parsed once: by the strict parser of :mod:`relay.wire.httphead`
+    when it is of the common shape, else by h11 (``conn``).  h11's state is
+    rebuilt from ``raw`` only when an answer other than the 101 needs it.
+    """
 
     stream: trio.abc.Stream  # TLS-wrapped when the port serves TLS
-    conn: h11.Connection
-    request: h11.Request
     raw: bytes  # every byte read so far, for a replay into Hypercorn
+    method: bytes
+    target: bytes
+    http_version: bytes
+    headers: list[tuple[bytes, bytes]]  # names lower case, as h11 reports them
+    trailing: bytes  # bytes read past the head
+    max_request_head: int
+    _conn: h11.Connection | None = None
+
+    @classmethod
+    def from_h11(
+        cls,
+        stream: trio.abc.Stream,
+        raw: bytes,
+        conn: h11.Connection,
+        request: h11.Request,
+        max_request_head: int,
+    ) -> RequestHead:
+        """A head h11 has parsed."""
+        return cls(
+            stream,
+            raw,
+            request.method,
+            request.target,
+            request.http_version,
+            list(request.headers),
+            bytes(conn.trailing_data[0]),
+            max_request_head,
+            conn,
+        )
+
+    @property
+    def conn(self) -> h11.Connection:
+        """h11's server state after this request: built here for a head h11 did not parse."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = h11.Connection(
+                h11.SERVER, max_incomplete_event_size=self.max_request_head
+            )
+            conn.receive_data(self.raw)
+            conn.next_event()
+        return conn
 
     @property
     def path(self) -> str:
         """The request target's path."""
-        return self.request.target.decode("latin-1").partition("?")[0]
+        return self.target.decode("latin-1").partition("?")[0]
 
     @property
     def query(self) -> str:
         """The request target's query string (without ``?``)."""
-        return self.request.target.decode("latin-1").partition("?")[2]
+        return self.target.decode("latin-1").partition("?")[2]
 
     @property
     def is_upgrade(self) -> bool:
         """Whether the request asks for a WebSocket upgrade."""
-        return is_upgrade(self.request)
+        return is_upgrade(self.headers)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower case), or None."""
-        for key, value in self.request.headers:
+        for key, value in self.headers:
             if key == name:
                 return bytes(value)
         return None
@@ -78,7 +125,7 @@ class RequestHead:
         """Answer the WebSocket upgrade with 101 (or its error); the bytes already
         read past the head, or None when there is no WebSocket."""
         try:
-            response = server_accept(self.conn, self.request)
+            response = server_accept(self.method, self.headers)
         except HandshakeError as exc:
             await self.reject(exc.status or 400, str(exc))
             return None
@@ -86,7 +133,7 @@ class RequestHead:
             await self.stream.send_all(response)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
-        return bytes(self.conn.trailing_data[0])
+        return self.trailing
 
 
 async def send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
@@ -105,8 +152,9 @@ async def take_request_head(
     (the caller closes ``stream`` either way)."""
     if not capacity.enter_handshake():
         return None  # closed at once, before a byte is read
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=server.max_request_head)
-    request: h11.Request | None = None
+    limit = server.max_request_head
+    head: RequestHead | None = None
+    conn: h11.Connection | None = None
     raw = b""
     try:
         with trio.move_on_after(server.handshake_timeout):
@@ -117,28 +165,61 @@ async def take_request_head(
                 except trio.BrokenResourceError:
                     return None  # not TLS, or a failed handshake: nothing to answer
                 stream = secured
-            request, raw = await read_request_head(stream, conn)
+            first = await _receive(stream)
+            parsed = parse_request(first) if _METHOD_PREFIX.match(first[:_METHOD_PEEK]) else None
+            if parsed is not None:
+                # The common case: a plain head, whole in the first read.
+                raw = first
+                head = RequestHead(
+                    stream,
+                    first,
+                    parsed.method,
+                    parsed.target,
+                    parsed.http_version,
+                    parsed.headers,
+                    parsed.trailing,
+                    limit,
+                )
+                head_size = parsed.head_size
+            else:
+                # Everything else is h11's, fed exactly as before.
+                conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limit)
+                request, raw = await read_request_head(stream, conn, first)
+                if request is not None:
+                    head = RequestHead.from_h11(stream, raw, conn, request, limit)
+                    head_size = len(raw) - len(head.trailing)
     finally:
         capacity.leave_handshake()
-    if request is None:
+    if head is None:
         if raw:
+            assert conn is not None  # a head the parser took is never refused as malformed
             await send_quietly(stream, server_reject(conn, 400, "Bad request"))
         return None
     # h11 bounds a head still incomplete; one that arrived whole in a single read is measured here.
-    if len(raw) - len(conn.trailing_data[0]) > server.max_request_head:
-        await send_quietly(stream, server_reject(conn, 431, "Request header fields too large"))
+    if head_size > limit:
+        await head.reject(431, "Request header fields too large")
         return None
-    refused = _unsupported(request)
+    refused = _unsupported(head)
     if refused is not None:
-        await send_quietly(stream, server_reject(conn, *refused))
+        await head.reject(*refused)
         return None
-    return RequestHead(stream, conn, request, raw)
+    return head
+
+
+async def _receive(stream: trio.abc.Stream) -> bytes:
+    try:
+        return bytes(await stream.receive_some(RECEIVE_SIZE))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return b""
 
 
 async def read_request_head(
-    stream: trio.abc.Stream, conn: h11.Connection
+    stream: trio.abc.Stream, conn: h11.Connection, first: bytes | None = None
 ) -> tuple[h11.Request | None, bytes]:
-    """Read until a whole request head; returns it (or None) and every byte read."""
+    """Read until a whole request head; returns it (or None) and every byte read.
+
+    ``first``: the first read, already taken from ``stream``.
+    """
     raw = bytearray()
     while True:
         try:
@@ -149,10 +230,10 @@ async def read_request_head(
             return event, bytes(raw)
         if event is not h11.NEED_DATA:
             return None, bytes(raw)
-        try:
-            data = await stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
+        if first is not None:
+            data, first = first, None
+        else:
+            data = await _receive(stream)
         if not data:
             return None, bytes(raw)
         raw += data
@@ -164,12 +245,12 @@ async def read_request_head(
             return None, bytes(raw)
 
 
-def _unsupported(request: h11.Request) -> tuple[int, str] | None:
+def _unsupported(head: RequestHead) -> tuple[int, str] | None:
     """Requests that would turn a connection into a long-lived HTTP/2 one behind the
     router's back (prior knowledge, or an h2c upgrade): these ports speak HTTP/1.1."""
-    if request.http_version not in (b"1.0", b"1.1"):
+    if head.http_version not in (b"1.0", b"1.1"):
         return 505, "HTTP version not supported"
-    for name, value in request.headers:
+    for name, value in head.headers:
         if name == b"upgrade" and b"h2c" in value.lower():
             return 400, "h2c upgrades are not supported"
     return None

@@ -11,11 +11,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 
 import attrs
 import h11
+
+from relay.wire.httphead import parse_response
 
 __all__ = [
     "ClientHandshake",
@@ -29,6 +32,11 @@ __all__ = [
 ]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# The 101 as h11 writes it for these headers, up to the accept key.
+_SWITCHING = (
+    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+    b"sec-websocket-accept: "
+)
 
 # Headers the relay itself owns on the target's upgrade request.
 _HANDSHAKE_HEADERS = frozenset(
@@ -92,21 +100,52 @@ def _tokens(value: bytes | None) -> set[bytes]:
     return {token.strip().lower() for token in value.split(b",")}
 
 
-def is_upgrade(request: h11.Request) -> bool:
-    """True when the request asks for a WebSocket upgrade at all."""
-    return b"websocket" in _tokens(_header(request.headers, b"upgrade"))
+# h11's grammar for what it writes (h11/_abnf.py): a token name, a field value, a request target.
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_TARGET = re.compile(r"[\x21-\x7e]+")
 
 
-def server_accept(conn: h11.Connection, request: h11.Request) -> bytes:
+def _request_bytes(resource: str, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The upgrade request as h11 writes it (Host first), or None when h11 should
+    judge it: a header or target it might refuse, not exactly one Host."""
+    if not _TARGET.fullmatch(resource):
+        return None
+    hosts = [value for name, value in headers if name.lower() == b"host"]
+    if len(hosts) != 1:
+        return None
+    lines = [b"GET ", resource.encode("ascii"), b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        lower = name.lower()
+        if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            return None
+        if lower in (b"content-length", b"transfer-encoding"):
+            return None
+        if lower == b"host":
+            lines[3:3] = [name, b": ", value, b"\r\n"]
+        else:
+            lines += [name, b": ", value, b"\r\n"]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def is_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """True when a request with these headers asks for a WebSocket upgrade at all."""
+    return b"websocket" in _tokens(_header(headers, b"upgrade"))
+
+
+def server_accept(method: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     """Validate a client's upgrade request and return the 101 response bytes.
 
     Raises :class:`HandshakeError` (with the HTTP status to answer) when the
-    request is not a usable WebSocket upgrade.
+    request is not a usable WebSocket upgrade.  The bytes are those h11 writes
+    for this response (tests/test_request_parser.py compares them), built
+    without a connection object: nothing follows the 101 over HTTP.
     """
-    headers = request.headers
-    if request.method != b"GET":
+    headers = list(headers)
+    if method != b"GET":
         raise HandshakeError("WebSocket upgrade must use GET", 405)
-    if b"upgrade" not in _tokens(_header(headers, b"connection")) or not is_upgrade(request):
+    if b"upgrade" not in _tokens(_header(headers, b"connection")) or not is_upgrade(headers):
         raise HandshakeError("expected a WebSocket upgrade request", 426)
     if _header(headers, b"sec-websocket-version") != b"13":
         raise HandshakeError("unsupported Sec-WebSocket-Version (13 required)", 426)
@@ -119,16 +158,7 @@ def server_accept(conn: h11.Connection, request: h11.Request) -> bytes:
         raise HandshakeError("missing or malformed Sec-WebSocket-Key", 400)
     # No extension or subprotocol is negotiated: the client's handshake ends
     # before the target is known, and frames must relay untouched.
-    response = h11.InformationalResponse(
-        status_code=101,
-        headers=[
-            (b"upgrade", b"websocket"),
-            (b"connection", b"Upgrade"),
-            (b"sec-websocket-accept", accept_key(key)),
-        ],
-        reason=b"Switching Protocols",
-    )
-    return conn.send(response) or b""
+    return _SWITCHING + accept_key(key) + b"\r\n\r\n"
 
 
 def server_reject(conn: h11.Connection, status: int, message: str) -> bytes:
@@ -174,7 +204,9 @@ class ClientHandshake:
         layout: Callable[[bytes], list[tuple[bytes, bytes]]] | None = None,
         extension_ok: Callable[[bytes], bool] | None = None,
     ) -> None:
-        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_response_head)
+        self._max_response_head = max_response_head
+        # h11 is brought in only for an answer of an unusual shape (see receive).
+        self._conn: h11.Connection | None = None
         self._key = websocket_key()
         # Judges the target's Sec-WebSocket-Extensions when the layout offered one.
         self._extension_ok = extension_ok
@@ -195,16 +227,36 @@ class ClientHandshake:
             headers.extend(
                 (name.encode("ascii"), value.encode("utf-8")) for name, value in extra_headers
             )
-        self.request_bytes = (
-            self._conn.send(h11.Request(method="GET", target=resource, headers=headers)) or b""
-        )
+        self._request = (resource, headers)
+        written = None if layout is not None else _request_bytes(resource, headers)
+        if written is None:
+            # Anything h11 might refuse or lay out differently is written by h11.
+            written = self._h11().send(h11.Request(method="GET", target=resource, headers=headers))
+        self.request_bytes = written or b""
+
+    def _h11(self) -> h11.Connection:
+        """h11's client state, as it is after sending this request."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = h11.Connection(
+                h11.CLIENT, max_incomplete_event_size=self._max_response_head
+            )
+            resource, headers = self._request
+            conn.send(h11.Request(method="GET", target=resource, headers=headers))
+        return conn
 
     def receive(self, data: bytes) -> UpgradeResult | None:
         """Feed the target's bytes; None while its answer is incomplete.
 
         Raises :class:`HandshakeError` for a refusal or a malformed answer.
         """
-        conn = self._conn
+        if self._conn is None:
+            # The common case: a plain 101 whole in the first read, judged
+            # without h11; any other answer goes to h11 from its first byte.
+            parsed = parse_response(data)
+            if parsed is not None and parsed.status == 101:
+                return self._switched(parsed.headers, parsed.trailing)
+        conn = self._h11()
         try:
             conn.receive_data(data)
             event = conn.next_event()
@@ -215,21 +267,8 @@ class ClientHandshake:
                 raise HandshakeError("target closed the connection during the handshake")
             return None
         if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
-            headers = event.headers
-            if not is_upgrade_response(headers):
-                raise HandshakeError("target answered 101 without upgrading to websocket", 101)
-            if _header(headers, b"sec-websocket-accept") != accept_key(self._key):
-                raise HandshakeError("target sent a wrong Sec-WebSocket-Accept", 101)
-            extension = _header(headers, b"sec-websocket-extensions")
-            if extension is not None:
-                if self._extension_ok is None:
-                    raise HandshakeError("target negotiated an extension that was not offered", 101)
-                if not self._extension_ok(extension):
-                    raise HandshakeError(
-                        "target answered the extension offer with one it cannot accept", 101
-                    )
             trailing, _closed = conn.trailing_data
-            return UpgradeResult(101, tuple(headers), bytes(trailing))
+            return self._switched(list(event.headers), bytes(trailing))
         if isinstance(event, h11.InformationalResponse | h11.Response):
             status = event.status_code
             reason = event.reason.decode("latin-1").strip() or _standard_reason(status)
@@ -239,6 +278,22 @@ class ClientHandshake:
                 status,
             )
         raise HandshakeError("target closed the connection during the handshake")
+
+    def _switched(self, headers: list[tuple[bytes, bytes]], trailing: bytes) -> UpgradeResult:
+        """Judge a 101 answer's headers."""
+        if not is_upgrade_response(headers):
+            raise HandshakeError("target answered 101 without upgrading to websocket", 101)
+        if _header(headers, b"sec-websocket-accept") != accept_key(self._key):
+            raise HandshakeError("target sent a wrong Sec-WebSocket-Accept", 101)
+        extension = _header(headers, b"sec-websocket-extensions")
+        if extension is not None:
+            if self._extension_ok is None:
+                raise HandshakeError("target negotiated an extension that was not offered", 101)
+            if not self._extension_ok(extension):
+                raise HandshakeError(
+                    "target answered the extension offer with one it cannot accept", 101
+                )
+        return UpgradeResult(101, tuple(headers), trailing)
 
 
 def is_upgrade_response(headers: Iterable[tuple[bytes, bytes]]) -> bool:
