@@ -116,9 +116,16 @@ def _scenario_plans(args: argparse.Namespace, scenario: str, tls: str) -> list[P
                     "text": args.mode == "text",
                     "coalesce": args.write_mode == "coalesced",
                 }
-                plan = Plan("throughput", label, params, timeout=run_time + 60, tls=tls)
-                plan.whole = pattern == "whole"
-                plans.append(plan)
+                plans.append(
+                    Plan(
+                        "throughput",
+                        label,
+                        params,
+                        timeout=run_time + 60,
+                        tls=tls,
+                        whole=pattern == "whole",
+                    )
+                )
     elif scenario == "latency":
         label = f"latency {fmt_size(args.latency_size)} {args.mode}, one at a time"
         params = {**base, "size": args.latency_size, "text": args.mode == "text"}
