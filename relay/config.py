@@ -107,6 +107,11 @@ class ServerConfig:
     drain_period: float = attrs.field(
         default=10.0, validator=check(lambda v: v >= 0, "must be >= 0")
     )
+    # End a session whose client or target has accepted no byte for this long while
+    # a write to it waits (1011 to the other side, outcome send_stalled); 0: off.
+    send_stall_timeout: float = attrs.field(
+        default=0.0, validator=check(lambda v: v >= 0, "must be >= 0")
+    )
     # TCP keepalive on client and target connections (relay/keepalive.py); 0: off.
     tcp_keepalive: float = attrs.field(
         default=60.0, validator=check(lambda v: v >= 0, "must be >= 0")

@@ -292,6 +292,7 @@ class Session:
                     max_message_size=server.max_message_size,
                     pending=connection.trailing,
                     sock=connection.sock,
+                    stall_timeout=server.send_stall_timeout,
                 )
                 if request.send_connected:
                     message = connected_message(self.node_id, connection.status)
@@ -383,6 +384,7 @@ def new_session(
         max_message_size=front.server.max_message_size,
         pending=pending,
         sock=sock,
+        stall_timeout=front.server.send_stall_timeout,
     )
     return Session(front, client)
 

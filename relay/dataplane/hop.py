@@ -24,13 +24,18 @@ from relay.wire.frames import (
 )
 from relay.wire.mask import MASK_KEYS, MaskKeys
 
-__all__ = ["RECEIVE_SIZE", "Hop", "adopt_socket"]
+__all__ = ["RECEIVE_SIZE", "Hop", "SendStalled", "adopt_socket"]
 
 RECEIVE_SIZE = 64 * 1024
 MAX_RECEIVE_SIZE = 256 * 1024
 
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+
+
+class SendStalled(trio.BrokenResourceError):
+    """The peer accepted no byte for ``send_stall_timeout`` while a write waited
+    (a kind of broken connection: whoever catches that treats the peer as gone)."""
 
 
 def adopt_socket(stream: trio.abc.Stream) -> tuple[trio.abc.Stream, socket.socket | None]:
@@ -76,6 +81,7 @@ class Hop:
         "send_broken",
         "sent_close_code",
         "sock",
+        "stall_timeout",
         "stream",
         "unsent",
     )
@@ -90,6 +96,7 @@ class Hop:
         pending: bytes = b"",
         sock: socket.socket | None = None,
         keys: MaskKeys | None = None,
+        stall_timeout: float = 0.0,
     ) -> None:
         self.name = name
         self.stream = stream
@@ -113,6 +120,8 @@ class Hop:
         # What a cancelled send had still to write (plain TCP): the stream
         # stops mid-frame there, and flush() can still complete it.
         self.unsent = b""
+        # > 0: a write that makes no progress for this long raises SendStalled.
+        self.stall_timeout = stall_timeout
         self.closed = False
 
     # -- close state: every change goes through these ---------------------------
@@ -210,7 +219,15 @@ class Hop:
         sock = self.sock
         if sock is None:
             try:
-                await self.stream.send_all(data)
+                if self.stall_timeout:
+                    # A stream's write shows no progress from outside: here the
+                    # timeout bounds the whole write (docs: [server] send_stall_timeout).
+                    with trio.move_on_after(self.stall_timeout) as waited:
+                        await self.stream.send_all(data)
+                    if waited.cancelled_caught:
+                        raise SendStalled
+                else:
+                    await self.stream.send_all(data)
             except (trio.ClosedResourceError, OSError) as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
         else:
@@ -225,9 +242,17 @@ class Hop:
         self.send_broken = False
 
     async def _send_rest(self, sock: socket.socket, view: memoryview) -> None:
+        stall = self.stall_timeout
         while view:
             try:
-                await trio.lowlevel.wait_writable(sock)
+                if stall:
+                    # Each byte the peer accepts restarts the clock.
+                    with trio.move_on_after(stall) as waited:
+                        await trio.lowlevel.wait_writable(sock)
+                    if waited.cancelled_caught:
+                        raise SendStalled
+                else:
+                    await trio.lowlevel.wait_writable(sock)
             except trio.ClosedResourceError as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
             except trio.Cancelled:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from relay.dataplane.hop import Hop
+from relay.dataplane.hop import Hop, SendStalled
 from relay.wire.closecodes import CloseCode, Outcome
 from relay.wire.frames import CloseFrame, Violation
 
@@ -53,6 +53,10 @@ async def pump(src: Hop, dst: Hop, on_data: Callable[[], None] | None = None) ->
         if out:
             try:
                 await dst.send_bytes(out)
+            except SendStalled:
+                # It takes nothing: disconnected without a close, which it would not read.
+                dst.mark_lost()
+                return Ending(Outcome.SEND_STALLED, f"{dst.name} stopped reading")
             except trio.BrokenResourceError:
                 dst.mark_lost()
                 return _lost(dst)

@@ -76,6 +76,7 @@ class Outcome(enum.Enum):
     TARGET_LOST = "target_lost"
     IDLE_TIMEOUT = "idle_timeout"
     SHUTDOWN = "shutdown"
+    SEND_STALLED = "send_stalled"  # a side accepted no byte for send_stall_timeout
     CLOSED = "closed"  # a close handshake relayed end to end
 
 
@@ -98,6 +99,7 @@ _CLIENT_CODE: dict[Outcome, CloseCode] = {
     Outcome.TARGET_LOST: INTERNAL_ERROR,
     Outcome.IDLE_TIMEOUT: NORMAL,
     Outcome.SHUTDOWN: GOING_AWAY,
+    Outcome.SEND_STALLED: INTERNAL_ERROR,
 }
 
 # The target only ever hears from the relay once a session is relaying.
@@ -109,6 +111,7 @@ _TARGET_CODE: dict[Outcome, CloseCode] = {
     Outcome.TARGET_LOST: INTERNAL_ERROR,
     Outcome.IDLE_TIMEOUT: NORMAL,
     Outcome.SHUTDOWN: GOING_AWAY,
+    Outcome.SEND_STALLED: INTERNAL_ERROR,
 }
 
 

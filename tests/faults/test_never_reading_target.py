@@ -4,6 +4,7 @@ client down through TCP, and still serve everyone else."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -13,6 +14,8 @@ from relay.client import open_relay
 from relay.wire.frames import BINARY, encode_frame
 from tests.faults.misbehaving import Misbehaving, accept_websocket
 from tests.support import wsp
+from tests.support.conditions import eventually
+from tests.support.gateway import KEY, make_config, start_gateway
 from tests.support.process import relay_process
 from tests.support.target import TargetServer
 
@@ -73,3 +76,34 @@ async def test_target_that_never_reads_slows_the_client_and_bounds_relay_memory(
             assert progress[0] <= MAX_IN_FLIGHT  # still stuck
             sending.cancel_scope.cancel()
         assert relay.rss_kib() - baseline <= MAX_RSS_GROWTH_KIB
+
+
+async def test_send_stall_timeout_frees_the_slot_of_a_target_that_never_reads(
+    nursery: trio.Nursery,
+) -> None:
+    """With [server] send_stall_timeout, a target that takes no byte for that long
+    while a write to it waits ends the session: the client gets 1011, the outcome
+    is send_stalled, and the session is gone (off by default: the test above)."""
+    sink: Misbehaving = await nursery.start(Misbehaving(_never_reads).serve)
+    config = make_config(send_stall_timeout=0.5)
+    running = await start_gateway(nursery, config)
+    client = await wsp.connect(running.ws_url)
+    await client.send(wsp.TextMessage(json.dumps({"apiKey": KEY, "url": sink.url})))
+    assert json.loads(str(await client.next_message()))["type"] == "connected"
+    frame = encode_frame(BINARY, os.urandom(CHUNK), mask=b"\x11\x22\x33\x44")
+
+    async def keep_sending() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await client.stream.send_all(frame)
+
+    async with trio.open_nursery() as sending:
+        sending.start_soon(keep_sending)
+        with trio.fail_after(30):  # a hang guard; the stall itself is 0.5 s
+            closed = await client.next_message()
+        sending.cancel_scope.cancel()
+    assert isinstance(closed, wsp.CloseConnection)
+    assert (closed.code, closed.reason) == (1011, "target stopped reading")
+    registry = running.gateway.registry
+    await eventually(lambda: not registry.sessions, "the session to end")
+    assert registry.stats.outcomes == {"send_stalled": 1}
