@@ -208,3 +208,20 @@ def test_a_split_101_and_refusals_still_go_through_h11() -> None:
     extension = ClientHandshake("example.com", "/", ())
     with pytest.raises(HandshakeError, match="extension that was not offered"):
         extension.receive(_answer(extension, b"Sec-WebSocket-Extensions: permessage-deflate\r\n"))
+
+
+def test_a_browser_layout_is_written_by_h11_and_judged_as_before() -> None:
+    def layout(key: bytes) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"Host", b"example.com"),
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Key", key),
+            (b"Sec-WebSocket-Version", b"13"),
+        ]
+
+    handshake = ClientHandshake("example.com", "/", (), layout=layout)
+    assert handshake.request_bytes == _h11_upgrade_request(handshake)
+    result = handshake.receive(_answer(handshake))
+    assert result is not None
+    assert result.status == 101

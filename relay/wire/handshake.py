@@ -231,19 +231,23 @@ class ClientHandshake:
         written = None if layout is not None else _request_bytes(resource, headers)
         if written is None:
             # Anything h11 might refuse or lay out differently is written by h11.
-            written = self._h11().send(h11.Request(method="GET", target=resource, headers=headers))
-        self.request_bytes = written or b""
+            written = self._h11_request()
+        self.request_bytes = written
+
+    def _h11_request(self) -> bytes:
+        """Hand the request to h11 (its client state then follows it); its bytes."""
+        conn = self._conn = h11.Connection(
+            h11.CLIENT, max_incomplete_event_size=self._max_response_head
+        )
+        resource, headers = self._request
+        return conn.send(h11.Request(method="GET", target=resource, headers=headers)) or b""
 
     def _h11(self) -> h11.Connection:
         """h11's client state, as it is after sending this request."""
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = h11.Connection(
-                h11.CLIENT, max_incomplete_event_size=self._max_response_head
-            )
-            resource, headers = self._request
-            conn.send(h11.Request(method="GET", target=resource, headers=headers))
-        return conn
+        if self._conn is None:
+            self._h11_request()
+        assert self._conn is not None
+        return self._conn
 
     def receive(self, data: bytes) -> UpgradeResult | None:
         """Feed the target's bytes; None while its answer is incomplete.
