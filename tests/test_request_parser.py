@@ -165,7 +165,7 @@ def test_a_header_h11_refuses_is_refused_as_before() -> None:
 
 
 def _answer(handshake: ClientHandshake, extra: bytes = b"") -> bytes:
-    key = dict(handshake._request[1])[b"sec-websocket-key"]
+    key = handshake._key
     return (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: " + accept_key(key) + b"\r\n" + extra + b"\r\n"
