@@ -19,6 +19,7 @@ from relay.browser.curltls import TLSFailure, ca_bundle, start_browser_tls
 from relay.browser.deflate import InflatingStream, parse_agreement
 from relay.browser.profiles import BrowserProfile, origin_of, upgrade_headers
 from relay.dataplane.hop import RECEIVE_SIZE, adopt_socket
+from relay.dataplane.tls import open_tls
 from relay.keepalive import hop_keepalive
 from relay.targets import Resolver, TargetPolicy, resolve_checked, system_resolver
 from relay.wire.closecodes import Outcome, SessionError
@@ -136,14 +137,16 @@ async def start_tls(
     *,
     peer: str = "target",
     outcome: Outcome = Outcome.TARGET_FAILED,
-) -> trio.SSLStream[trio.abc.Stream]:
+) -> trio.abc.Stream:
     """TLS over ``stream`` to ``host``; a failure names ``peer`` and the TLS error.
+
+    On plain TCP the connection is driven by :mod:`relay.dataplane.tls` (the pumps'
+    fast TLS path); over a proxy's stream, by ``trio.SSLStream``.
 
     On failure the caller still owns (and closes) ``stream``.
     """
-    tls = trio.SSLStream(stream, context, server_hostname=host)
     try:
-        await tls.do_handshake()
+        tls = await open_tls(stream, context, server_side=False, server_hostname=host)
     except trio.BrokenResourceError as exc:
         cause = exc.__cause__
         detail = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)

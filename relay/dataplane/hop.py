@@ -13,6 +13,8 @@ import socket
 
 import trio
 
+from relay.dataplane.sockets import MAX_RECEIVE_SIZE, RECEIVE_SIZE, adopt_socket
+from relay.dataplane.tls import TLSStream, TLSWire
 from relay.wire.frames import (
     CLOSE,
     CloseFrame,
@@ -24,42 +26,16 @@ from relay.wire.frames import (
 )
 from relay.wire.mask import MASK_KEYS, MaskKeys
 
-__all__ = ["RECEIVE_SIZE", "Hop", "SendStalled", "adopt_socket"]
-
-RECEIVE_SIZE = 64 * 1024
-MAX_RECEIVE_SIZE = 256 * 1024
+# The read sizes and adopt_socket are part of a hop's interface: callers that
+# build hops (the listener, the dial, agent links) take them from here.
+__all__ = ["MAX_RECEIVE_SIZE", "RECEIVE_SIZE", "Hop", "SendStalled", "adopt_socket"]
 
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-_NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 
 
 class SendStalled(trio.BrokenResourceError):
     """The peer accepted no byte for ``send_stall_timeout`` while a write waited
     (a kind of broken connection: whoever catches that treats the peer as gone)."""
-
-
-def adopt_socket(stream: trio.abc.Stream) -> tuple[trio.abc.Stream, socket.socket | None]:
-    """Take the stdlib socket under a plain ``trio.SocketStream``, for the pumps.
-
-    Returns a new stream on the same connection and its socket (None for any
-    other stream: TLS, in-memory, which take the generic path).  Only public
-    API is used: the Trio socket gives up its descriptor (``detach``) to a
-    stdlib socket, which a new Trio socket stream wraps for everything else.
-    """
-    if type(stream) is not trio.SocketStream:
-        return stream, None
-    trio_socket = stream.socket
-    raw = socket.socket(
-        trio_socket.family, trio_socket.type, trio_socket.proto, trio_socket.detach()
-    )
-    raw.setblocking(False)
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
-    if _NOTSENT_LOWAT is not None:
-        # SocketStream caps unsent data at 16 KiB, which favours latency on
-        # interactive streams; a relay moving large messages then needs a
-        # send call and a wake-up per 16 KiB.  0 restores the system default.
-        raw.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, 0)
-    return stream, raw
 
 
 class Hop:
@@ -83,6 +59,7 @@ class Hop:
         "sock",
         "stall_timeout",
         "stream",
+        "tls",
         "unsent",
     )
 
@@ -102,6 +79,10 @@ class Hop:
         self.stream = stream
         # Plain TCP: ``stream``'s own socket, called directly (see adopt_socket).
         self.sock = sock
+        # TLS on a plain socket: the same direct path, through the TLS wire.
+        self.tls: TLSWire | None = None
+        if sock is None and type(stream) is TLSStream:
+            self.sock, self.tls = stream.sock, stream.wire
         self.drained = False
         self.read_size = RECEIVE_SIZE
         # The relay is the client towards the target: its frames there are masked.
@@ -163,6 +144,8 @@ class Hop:
                 data = await self.stream.receive_some(self.read_size)
             except _GONE:
                 data = b""
+        elif self.tls is not None:
+            data = await self._tls_receive(sock, self.tls)
         else:
             # One scheduling point per read, where Trio's stream layers take
             # several; the wait (or the checkpoint) is where cancellation lands.
@@ -201,6 +184,26 @@ class Hop:
             self.read_size = RECEIVE_SIZE
         return data
 
+    async def _tls_receive(self, sock: socket.socket, tls: TLSWire) -> bytes:
+        # Every record a read completed comes back at once (one pump cycle per
+        # read, not per 16 KiB record).  Ciphertext goes into the TLS wire as
+        # soon as it is read, so a cancellation at a wait loses nothing.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        limit = self.read_size
+        while True:
+            data = tls.decrypt(limit)
+            if data is not None:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+            try:
+                received = sock.recv(MAX_RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
+                return b""
+            tls.feed(received)
+
     async def _wait_and_receive(self, sock: socket.socket) -> bytes:
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -217,6 +220,10 @@ class Hop:
         # mid-frame and no further frame may be written to it.
         self.send_broken = True
         sock = self.sock
+        if self.tls is not None:
+            # Encrypted whole, then sent like plain bytes (a cut-short send
+            # keeps its ciphertext for flush()).
+            data = self.tls.encrypt(data)
         if sock is None:
             try:
                 if self.stall_timeout:
