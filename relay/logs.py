@@ -25,6 +25,20 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._stamp = (-1, "")  # (second, its text): one tuple, replaced whole
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """Logging's default time text, its strftime done once per second, not per line."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached, text = self._stamp
+        if second != cached:
+            text = time.strftime(self.default_time_format, self.converter(second))
+            self._stamp = (second, text)
+        if self.default_msec_format:
+            return self.default_msec_format % (text, record.msecs)
+        return text
 
     def format(self, record: logging.LogRecord) -> str:
         """Format the message, then its fields."""
@@ -36,8 +50,13 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, str) and value and " " not in value and "=" not in value:
-        return value
+    if isinstance(value, str):
+        if value and " " not in value and "=" not in value:
+            return value
+    elif type(value) is int:
+        return str(value)  # what json.dumps writes for an int, without its encoder
+    elif value is None:
+        return "null"
     return json.dumps(value)
 
 
@@ -63,6 +82,12 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     """Send every log record to stderr in the chosen format."""
+    # What no formatter here prints is not collected per record: the caller's
+    # frame, thread and process (the logging HOWTO's "Optimization" settings).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
