@@ -177,8 +177,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        for outcome in ("connected", *(o.value for o in Outcome)):
-            self.connects.labels(outcome)  # every outcome shows, zero until it happens
+        # Every outcome shows, zero until it happens.  The children are kept:
+        # ``labels()`` takes a lock and builds a key on every call, per session.
+        self._connect_counts = {
+            outcome: self.connects.labels(outcome)
+            for outcome in ("connected", *(o.value for o in Outcome))
+        }
         self.closes = Counter(
             "relay_close_codes_sent",
             "Close frames sent to each side (relayed or the gateway's own), by code",
@@ -201,6 +205,8 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self._session_counts: dict[str, Counter] = {}
+        self._close_counts: dict[tuple[str, str], Counter] = {}
         self.rate_limited = Counter(
             "relay_rate_limit_rejections",
             "Connects refused by a key's token bucket",
@@ -232,9 +238,27 @@ class Metrics:
         for index, value in enumerate(traffic):
             self.finished_traffic[index] += value
 
+    def connect_outcome(self, outcome: str) -> None:
+        """Count a connect attempt's outcome ("connected", or an Outcome's value)."""
+        child = self._connect_counts.get(outcome)
+        if child is None:
+            child = self._connect_counts[outcome] = self.connects.labels(outcome)
+        child.inc()
+
+    def session_ended(self, outcome: str) -> None:
+        """Count a session that ended with ``outcome``."""
+        child = self._session_counts.get(outcome)
+        if child is None:
+            child = self._session_counts[outcome] = self.sessions.labels(outcome)
+        child.inc()
+
     def close_sent(self, side: str, code: int | None) -> None:
         """Count a close frame sent to ``side`` ("client" or "target")."""
-        self.closes.labels(side, code_label(code)).inc()
+        key = (side, code_label(code))
+        child = self._close_counts.get(key)
+        if child is None:
+            child = self._close_counts[key] = self.closes.labels(*key)
+        child.inc()
 
     def render(self) -> bytes:
         """The exposition text."""

@@ -91,14 +91,16 @@ class SessionRegistry:
         self.sessions.add(session)
         self.stats.sessions_started += 1
         self.stats.sessions_active += 1
-        self._idle = trio.Event()
+        if self._idle.is_set():
+            # A new event only when leaving idle: a waiter keeps the one it waits on.
+            self._idle = trio.Event()
 
     def session_ended(self, session: LiveSession) -> None:
         """Unregister a session and fold its traffic into the totals."""
         self.sessions.discard(session)
         self.stats.ended(session.outcome.value)
         self.metrics.session_finished(session.traffic())
-        self.metrics.sessions.labels(session.outcome.value).inc()
+        self.metrics.session_ended(session.outcome.value)
         if not self.sessions:
             self._idle.set()
 
