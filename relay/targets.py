@@ -54,6 +54,7 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 _NOT_ALLOWED = "Target address not allowed: "
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_PASSED_MAX = 4096  # verdicts a policy keeps
 
 
 async def system_resolver(host: str, port: int) -> Sequence[str]:
@@ -230,6 +231,17 @@ class TargetPolicy:
     deny: Rules = attrs.Factory(Rules)
     allow_only: bool = False
     ports: tuple[PortRange, ...] = ()  # empty: any port
+    # Targets this policy has passed, with the addresses they resolved to.  The
+    # rules are pure, so a verdict holds for as long as the policy does (a
+    # reload builds a new one); only passes are kept, so every refusal is
+    # judged and logged afresh.  Bounded: cleared when full.
+    _passed: dict[tuple[str, int, tuple[str, ...]], bool] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False, hash=False
+    )
+
+    def passes(self, host: str, port: int, addresses: tuple[str, ...]) -> bool:
+        """Whether ``host:port`` resolving to ``addresses`` passed :meth:`check` before."""
+        return (host, port, addresses) in self._passed
 
     def target_refusal(self, host: str, port: int) -> str | None:
         """What refuses ``host:port`` before any name is resolved, or None."""
@@ -276,6 +288,10 @@ class TargetPolicy:
 
     def check(self, host: str, port: int, addresses: Sequence[str]) -> None:
         """Raise :class:`SessionError` (``TARGET_NOT_ALLOWED``) unless every address passes."""
+        key = (host, port, tuple(addresses))
+        passed = self._passed
+        if key in passed:
+            return
         reason = self.target_refusal(host, port)
         for address in addresses if reason is None else ():
             reason = self.address_refusal(host, address)
@@ -285,6 +301,9 @@ class TargetPolicy:
                 break
         if reason is not None:
             raise SessionError(Outcome.TARGET_NOT_ALLOWED, reason)
+        if len(passed) >= _PASSED_MAX:
+            passed.clear()
+        passed[key] = True
 
 
 def _literal(host: str) -> IPAddress | None:
@@ -303,6 +322,8 @@ async def resolve_checked(
     name does not resolve, or when the port, the name or any address is
     refused (one forbidden answer taints the name: DNS can rotate).
     """
+    if policy.passes(host, port, (host,)):
+        return [host]  # an address literal this policy has passed: nothing to resolve
     refused = policy.target_refusal(host, port)
     if refused is not None:
         raise SessionError(Outcome.TARGET_NOT_ALLOWED, refused)

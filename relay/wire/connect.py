@@ -9,6 +9,7 @@ reject exactly the same things.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import re
@@ -234,6 +235,18 @@ def _ascii_host(host: str) -> str | None:
 
 
 def parse_target_url(value: str) -> TargetURL | None:
+    """``value`` as a target, or None when it is not a usable ``ws://``/``wss://`` URL."""
+    return _parse_target_url(value) if type(value) is str else _target_url(value)
+
+
+# Pure and called twice per connect message (its validator, then the request):
+# a small cache of the URLs seen last; TargetURL is immutable, so sharing is safe.
+@functools.lru_cache(maxsize=64)
+def _parse_target_url(value: str) -> TargetURL | None:
+    return _target_url(value)
+
+
+def _target_url(value: str) -> TargetURL | None:
     if _CONTROL.search(value) or " " in value or not _encodable(value):
         return None
     try:
@@ -404,8 +417,9 @@ def parse_connect_query(
     return _to_request(message, limits, what="connect query", send_connected=send_connected)
 
 
+@functools.lru_cache(maxsize=64)
 def connected_message(node_id: str, status: int = 101) -> str:
-    """The ``connected`` answer, as JSON text."""
+    """The ``connected`` answer, as JSON text (the same few texts every session: cached)."""
     return json.dumps({"type": "connected", "status": status, "node_id": node_id})
 
 
