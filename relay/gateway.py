@@ -146,6 +146,8 @@ class GatewayFront:
 
     def query_request(self) -> ConnectRequest | None:
         """The ``/ws?url=…`` form."""
+        if not self.query:
+            return None  # what parsing an empty query gives, without parsing it
         return parse_connect_query(self.query, self.server.connect_limits)
 
     def parse(self, text: str) -> ConnectRequest:

@@ -12,6 +12,7 @@ The same machinery serves two front doors (:class:`Front`): the gateway's
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import socket
 import time
@@ -156,22 +157,28 @@ def _connect_violation(violation: Violation, max_size: int) -> str:
     return f"Protocol error: {violation.reason}"
 
 
-async def _connect_request(front: Front, client: Hop) -> ConnectRequest | None:
-    """The validated connect request from the query string or the first message."""
+async def _connect_request(
+    front: Front, client: Hop, scope: trio.CancelScope
+) -> ConnectRequest | None:
+    """The validated connect request from the query string or the first message.
+
+    The connect deadline is the connect phase's own scope's (one scope for the
+    phase, not one more per session): it is set for the read and lifted after
+    it; the session reports a scope cancelled by it as a connect timeout.
+    """
     server = front.server
-    timeout = server.connect_timeout
     try:
         from_query = front.query_request()
         if from_query is not None:
             return from_query
-        with trio.move_on_after(timeout):
+        scope.deadline = trio.current_time() + server.connect_timeout
+        try:
             text = await _read_connect_message(client, server.max_connect_message_size)
-            if text is None:
-                return None
-            return front.parse(text)
-        raise SessionError(
-            Outcome.CONNECT_TIMEOUT, f"No connect message within {timeout:g} seconds"
-        )
+        finally:
+            scope.deadline = math.inf
+        if text is None:
+            return None
+        return front.parse(text)
     except InputError as exc:
         raise SessionError(Outcome.BAD_REQUEST, str(exc)) from None
 
@@ -251,19 +258,30 @@ class Session:
         try:
             await self._run()
         finally:
-            with trio.CancelScope(shield=True):
-                await self.client.aclose()
-                if self.target is not None:
-                    await self.target.aclose()
-                if self.claim is not None:
-                    await self.claim.release()
+            if self._holds_anything():
+                with trio.CancelScope(shield=True):
+                    await self.client.aclose()
+                    if self.target is not None:
+                        await self.target.aclose()
+                    if self.claim is not None:
+                        await self.claim.release()
             for side, hop in (("client", self.client), ("target", self.target)):
                 if hop is not None and hop.close_sent:
                     registry.metrics.close_sent(side, hop.sent_close_code)
                 if hop is not None and hop.close_was_skipped:
                     registry.metrics.closes_skipped.labels(side).inc()
             registry.session_ended(self)
-            log.info("session end", extra=self._log_fields())
+            self._log_end()
+
+    def _holds_anything(self) -> bool:
+        """Whether a connection or a session slot is still held (usually not: the
+        closing has closed both hops), so the shielded release has work to do."""
+        target, claim = self.target, self.claim
+        return (
+            not self.client.closed
+            or (target is not None and not target.closed)
+            or (claim is not None and claim.key_id is not None)
+        )
 
     async def _run(self) -> None:
         front = self.front
@@ -274,9 +292,10 @@ class Session:
         error: SessionError | None = None
         idle_handled = False
         try:
-            with trio.CancelScope() as self._scope:
+            with trio.CancelScope() as scope:
+                self._scope = scope
                 _check_capacity(front)
-                request = await _connect_request(front, client)
+                request = await _connect_request(front, client, scope)
                 if request is None:
                     await self._client_left(server.close_timeout)
                     return
@@ -301,17 +320,24 @@ class Session:
             error = exc
         except trio.BrokenResourceError:
             self.outcome = Outcome.CLIENT_LOST
-            metrics.connects.labels(self.outcome.value).inc()
+            metrics.connect_outcome(self.outcome.value)
             return
         self._scope = None
+        if error is None and scope.cancelled_caught and not self._shutting_down:
+            # Only two things cancel the connect phase: a shutdown, and the
+            # connect message's deadline (see _connect_request).
+            timeout = server.connect_timeout
+            error = SessionError(
+                Outcome.CONNECT_TIMEOUT, f"No connect message within {timeout:g} seconds"
+            )
         if error is None and self._shutting_down:
             error = SessionError(Outcome.SHUTDOWN, "Server shutting down")
         if error is not None:
             self.outcome = error.outcome
-            metrics.connects.labels(error.outcome.value).inc()
+            metrics.connect_outcome(error.outcome.value)
             await refuse(client, error, front.error_text(error), server.close_timeout)
             return
-        metrics.connects.labels("connected").inc()
+        metrics.connect_outcome("connected")
         target = self.target
         assert target is not None
         assert request is not None
@@ -334,18 +360,24 @@ class Session:
         client = self.client
         closed = client.close_received
         self.outcome = Outcome.CLOSED if closed is not None else Outcome.CLIENT_LOST
-        self.front.registry.metrics.connects.labels(self.outcome.value).inc()
+        self.front.registry.metrics.connect_outcome(self.outcome.value)
         code = echo_code(closed.code) if closed is not None else None
         await close_hop(client, code, "", closed is not None, grace)
 
-    def _log_fields(self) -> dict[str, Any]:
+    def _log_end(self) -> None:
         client, target = self.client, self.target
-        skipped = [
-            hop.name for hop in (client, target) if hop is not None and hop.close_was_skipped
-        ]
-        if skipped:
+        if client.close_was_skipped or (target is not None and target.close_was_skipped):
+            skipped = [
+                hop.name for hop in (client, target) if hop is not None and hop.close_was_skipped
+            ]
             # Owed a close, disconnected without one: a frame to it was left unfinished.
             log.warning("session %s: no close frame to %s", self.id, " and ".join(skipped))
+        if log.isEnabledFor(logging.INFO):
+            # Its fields are gathered only for a line that will be written.
+            log.info("session end", extra=self._log_fields())
+
+    def _log_fields(self) -> dict[str, Any]:
+        client, target = self.client, self.target
         return fields(
             session=self.id,
             key=self.key_id,
