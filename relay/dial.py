@@ -26,6 +26,8 @@ from relay.wire.closecodes import Outcome, SessionError
 from relay.wire.connect import ConnectRequest, TargetURL
 from relay.wire.handshake import ClientHandshake, HandshakeError
 
+_NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+
 __all__ = [
     "DialSettings",
     "TargetConnection",
@@ -96,6 +98,68 @@ async def _connect(address: str, port: int, source_address: str | None) -> trio.
         sock.close()
         raise
     return trio.SocketStream(sock)
+
+
+async def _connect_plain(
+    addresses: Sequence[str], port: int
+) -> tuple[trio.SocketStream, socket.socket]:
+    """:func:`connect_tcp` without a source address, straight to what the pumps use:
+    the stream and its stdlib socket, as :func:`adopt_socket` would give them.
+
+    The stdlib socket is connected here (non-blocking, then a wait until
+    writable), so the session does not build a Trio socket and stream only to
+    detach them again; failures read as Trio's do.  IPv6 literals take
+    :func:`connect_tcp` (Trio normalises their address tuple in its messages).
+    """
+    last: OSError | None = None
+    for address in addresses:
+        try:
+            if ":" in address:
+                return _adopt_plain(await _connect(address, port, None))
+            raw = await _connect_raw(address, port)
+        except OSError as exc:
+            last = exc
+            continue
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+        if _NOTSENT_LOWAT is not None:
+            # As adopt_socket does: the system's send low-water mark, not Trio's 16 KiB.
+            raw.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, 0)
+        return stream, raw
+    assert last is not None
+    raise last
+
+
+async def _connect_raw(address: str, port: int) -> socket.socket:
+    """A non-blocking stdlib socket connected to an IPv4 literal; closed on failure."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        raw.setblocking(False)
+        waiting = False
+        try:
+            raw.connect((address, port))
+        except BlockingIOError:
+            waiting = True
+        if waiting:
+            await trio.lowlevel.wait_writable(raw)
+            _check_connected(raw, address, port)
+    except BaseException:
+        raw.close()
+        raise
+    return raw
+
+
+def _check_connected(raw: socket.socket, address: str, port: int) -> None:
+    err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err != 0:
+        where = (address, port)
+        raise OSError(err, f"Error connecting to {where!r}: {os.strerror(err)}")
+
+
+def _adopt_plain(stream: trio.SocketStream) -> tuple[trio.SocketStream, socket.socket]:
+    adopted, sock = adopt_socket(stream)
+    assert isinstance(adopted, trio.SocketStream)
+    assert sock is not None
+    return adopted, sock
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -270,11 +334,16 @@ async def open_target(
             )
             stage = "connecting to the target"
             try:
-                stream = await connect_tcp(addresses, target.port, source_address=source_address)
+                if source_address is None:
+                    stream, sock = await _connect_plain(addresses, target.port)
+                else:
+                    stream = await connect_tcp(
+                        addresses, target.port, source_address=source_address
+                    )
+                    stream, sock = adopt_socket(stream)
             except OSError as exc:
                 raise _tcp_error(target, exc) from None
             hop_keepalive(stream, settings.keepalive)
-            stream, sock = adopt_socket(stream)
             if target.secure:
                 stage = "the TLS handshake with the target"
                 stream = await start_target_tls(stream, target, settings, browser)
@@ -285,7 +354,14 @@ async def open_target(
             # Under TLS the socket carries ciphertext, and an inflated stream is not
             # the socket's bytes: the pumps must use the stream.
             direct = not target.secure and connection.stream is stream
-            return attrs.evolve(connection, sock=sock if direct else None)
+            # Built directly: attrs.evolve introspects the class on every call.
+            return TargetConnection(
+                connection.stream,
+                connection.status,
+                connection.trailing,
+                sock if direct else None,
+                connection.idle_handled,
+            )
         except BaseException:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
