@@ -122,11 +122,15 @@ class Reloader:
         gateway: Gateway,
         source: ConfigSource,
         *,
+        set_log_level: bool = False,
         cli_log_level: str | None = None,
     ) -> None:
         self.gateway = gateway
         self.source = source
-        self.cli_log_level = cli_log_level  # --log-level wins over the file's
+        # The process's log threshold is the command's to manage (relay serve), not
+        # an embedding program's; and --log-level wins over the file's.
+        self.set_log_level = set_log_level
+        self.cli_log_level = cli_log_level
         self.health = HealthChecks()
         self.parser: Any = None  # the mounted parser API app, set by serve()
         self.tls: ssl.SSLContext | None = None  # for new connections, set by serve()
@@ -173,7 +177,7 @@ class Reloader:
             self.parser.config = new.parser
         if self.tls is not None and prepared.tls is not None:
             self.tls = prepared.tls  # renewed certificates serve new connections
-        if self.cli_log_level is None:
+        if self.set_log_level and self.cli_log_level is None:
             logging.getLogger().setLevel((new.server.log_level or "info").upper())
         gateway.config = new
         self.loaded = LoadedConfig(config_hash(new), time.time(), self.source.path)

@@ -201,7 +201,7 @@ async def run_until_signalled(
         gateway = Gateway.from_config(config, limiter=limits.limiter, slots=limits.slots)
         reloader = None
         if source is not None:
-            reloader = Reloader(gateway, source, cli_log_level=cli_log_level)
+            reloader = Reloader(gateway, source, set_log_level=True, cli_log_level=cli_log_level)
         watched = (signal.SIGTERM, signal.SIGINT, *RELOAD_SIGNALS)
         with trio.open_signal_receiver(*watched) as signals:
             async with trio.open_nursery() as nursery:
