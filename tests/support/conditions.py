@@ -14,11 +14,17 @@ import trio
 HANG_GUARD = 60.0  # seconds of real time; only a hung test ever gets near it
 
 
-async def eventually(check: Callable[[], bool], what: str, *, within: float = HANG_GUARD) -> None:
-    """Poll ``check`` until it is true; fail naming ``what`` only after ``within`` seconds."""
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], what: str, *, within: float = HANG_GUARD
+) -> None:
+    """Poll ``check`` (a function, or a coroutine function such as a Redis query)
+    until it is true; fail naming ``what`` only after ``within`` seconds."""
     with trio.move_on_after(within):
         while True:
-            if check():
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
                 return
             await trio.sleep(0.01)
     raise AssertionError(f"gave up after {within:g} s waiting for {what}")
