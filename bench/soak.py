@@ -154,6 +154,7 @@ class Soak:
     samples: list[dict[str, float]] = attrs.Factory(list)
     results: dict[str, dict[str, int]] = attrs.Factory(dict)
     reloads: int = 0
+    reload_times: list[float] = attrs.Factory(list)
     started: float = 0.0
 
     async def sample(self, phase: str) -> None:
@@ -181,6 +182,7 @@ class Soak:
         while True:
             await trio.sleep(self.args.reload_every)
             self.reloads += 1
+            self.reload_times.append(trio.current_time() - self.started)
             # Alternately add and remove a second key: every reload changes the key set.
             self.relay.reload("" if self.reloads % 2 == 0 else '\n[[keys]]\nkey = "rotating"\n')
 
@@ -218,8 +220,9 @@ async def _soak(args: argparse.Namespace, relay: Relay) -> Soak:
                 for kind, rate in MIX.items():
                     load.start_soon(soak.opener, kind, rate * args.rate_scale, until)
             background.cancel_scope.cancel()
-        # Load over: let closing finish, then the values everything must return to.
-        await trio.sleep(5.0)
+        # Load over: let closing finish (and the last scrape's HTTP connection, whose
+        # handler lingers a few seconds), then the values everything must return to.
+        await trio.sleep(10.0)
         await soak.sample("after")
         nursery.cancel_scope.cancel()
     return soak
@@ -239,11 +242,14 @@ def _slope_per_minute(points: list[tuple[float, float]]) -> float:
 def summarise(soak: Soak) -> dict[str, Any]:
     """Growth after warm-up, and before/after values, for each series."""
     args = soak.args
-    load = [s for s in soak.samples if s["loaded"] and s["t"] >= args.warmup]
+    # Samples while sessions are being started (not the tail where idle ones finish).
+    load = [s for s in soak.samples if s["loaded"] and args.warmup <= s["t"] <= args.duration]
     before, after = soak.samples[0], soak.samples[-1]
     series: dict[str, Any] = {}
+    half = args.warmup + (args.duration - args.warmup) / 2
     for name in ("rss_mib", "fds", "tasks", "sessions"):
         points = [(s["t"], s[name]) for s in load]
+        second_half = [(t, v) for t, v in points if t >= half]
         quarter = max(1, len(points) // 4)
         first = sum(v for _, v in points[:quarter]) / quarter if points else 0.0
         last = sum(v for _, v in points[-quarter:]) / quarter if points else 0.0
@@ -251,6 +257,9 @@ def summarise(soak: Soak) -> dict[str, Any]:
             "before_load": before[name],
             "after_load": after[name],
             "slope_per_min_after_warmup": round(_slope_per_minute(points), 4),
+            # A step while the allocator reaches its high-water mark weighs on the slope
+            # above; a leak keeps climbing in the second half too.
+            "slope_per_min_second_half": round(_slope_per_minute(second_half), 4),
             "first_quarter_mean": round(first, 3),
             "last_quarter_mean": round(last, 3),
             "max": max((v for _, v in points), default=0.0),
@@ -268,6 +277,7 @@ def summarise(soak: Soak) -> dict[str, Any]:
         "sessions_total": sum(started.values()),
         "unexpected_endings": unexpected,
         "reloads_sent": soak.reloads,
+        "reload_times_s": [round(t, 1) for t in soak.reload_times],
         "reloads_ok_counted": after["reloads_ok"],
         "series": series,
     }
@@ -293,10 +303,12 @@ def plot(soak: Soak, path: Path) -> None:
         axis.plot(minutes, [s[name] for s in samples], linewidth=1)
         axis.set_ylabel(label)
         axis.axvspan(0, soak.args.warmup / 60, color="0.9")
+        for at in soak.reload_times:
+            axis.axvline(at / 60, color="tab:orange", linewidth=0.6, alpha=0.6)
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
     reload_every = soak.args.reload_every
-    axes[-1].set_xlabel(f"minutes (shaded: warm-up; a reload every {reload_every:g} s)")
+    axes[-1].set_xlabel(f"minutes (shaded: warm-up; orange: a reload, every {reload_every:g} s)")
     total = sum(sum(t.values()) for t in soak.results.values())
     figure.suptitle(f"relay soak: {total} sessions in {soak.args.duration / 60:g} min")
     figure.tight_layout()
