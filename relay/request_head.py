@@ -32,6 +32,7 @@ import trio
 from relay.capacity import Capacity
 from relay.config import ServerConfig
 from relay.dataplane.hop import RECEIVE_SIZE
+from relay.dataplane.tls import open_tls
 from relay.wire.handshake import HandshakeError, is_upgrade, server_accept, server_reject
 from relay.wire.httphead import parse_request
 
@@ -152,51 +153,79 @@ async def take_request_head(
     (the caller closes ``stream`` either way)."""
     if not capacity.enter_handshake():
         return None  # closed at once, before a byte is read
-    limit = server.max_request_head
-    head: RequestHead | None = None
-    conn: h11.Connection | None = None
-    raw = b""
+    secured: trio.abc.Stream | None = None
+    read: _Read | None = None
     try:
-        with trio.move_on_after(server.handshake_timeout):
-            if tls is not None:
-                secured = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
-                try:
-                    await secured.do_handshake()
-                except trio.BrokenResourceError:
-                    return None  # not TLS, or a failed handshake: nothing to answer
-                stream = secured
-            first = await _receive(stream)
-            parsed = parse_request(first) if _METHOD_PREFIX.match(first[:_METHOD_PEEK]) else None
-            if parsed is not None:
-                # The common case: a plain head, whole in the first read.
-                raw = first
-                head = RequestHead(
-                    stream,
-                    first,
-                    parsed.method,
-                    parsed.target,
-                    parsed.http_version,
-                    parsed.headers,
-                    parsed.trailing,
-                    limit,
-                )
-                head_size = parsed.head_size
-            else:
-                # Everything else is h11's, fed exactly as before.
-                conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limit)
-                request, raw = await read_request_head(stream, conn, first)
-                if request is not None:
-                    head = RequestHead.from_h11(stream, raw, conn, request, limit)
-                    head_size = len(raw) - len(head.trailing)
-    finally:
-        capacity.leave_handshake()
-    if head is None:
-        if raw:
-            assert conn is not None  # a head the parser took is never refused as malformed
-            await send_quietly(stream, server_reject(conn, 400, "Bad request"))
+        try:
+            with trio.move_on_after(server.handshake_timeout):
+                if tls is not None:
+                    try:
+                        # On plain TCP, the pumps' own TLS path (relay/dataplane/tls.py).
+                        secured = stream = await open_tls(stream, tls, server_side=True)
+                    except trio.BrokenResourceError:
+                        return None  # not TLS, or a failed handshake: nothing to answer
+                read = await _read_head(stream, server.max_request_head)
+        finally:
+            capacity.leave_handshake()
+        head = await _judge(stream, read, server.max_request_head)
+    except BaseException:
+        if secured is not None:
+            await trio.aclose_forcefully(secured)
+        raise
+    if head is None and secured is not None:
+        # The TLS stream holds the socket now: the caller's ``stream`` no longer does.
+        await trio.aclose_forcefully(secured)
+    return head
+
+
+@attrs.frozen
+class _Read:
+    """What the head's read produced, before it is judged."""
+
+    head: RequestHead | None
+    head_size: int
+    raw: bytes
+    conn: h11.Connection | None
+
+
+async def _read_head(stream: trio.abc.Stream, limit: int) -> _Read:
+    first = await _receive(stream)
+    parsed = parse_request(first) if _METHOD_PREFIX.match(first[:_METHOD_PEEK]) else None
+    if parsed is not None:
+        # The common case: a plain head, whole in the first read.
+        head = RequestHead(
+            stream,
+            first,
+            parsed.method,
+            parsed.target,
+            parsed.http_version,
+            parsed.headers,
+            parsed.trailing,
+            limit,
+        )
+        return _Read(head, parsed.head_size, first, None)
+    # Everything else is h11's, fed exactly as before.
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limit)
+    request, raw = await read_request_head(stream, conn, first)
+    if request is None:
+        return _Read(None, 0, raw, conn)
+    head = RequestHead.from_h11(stream, raw, conn, request, limit)
+    return _Read(head, len(raw) - len(head.trailing), raw, conn)
+
+
+async def _judge(stream: trio.abc.Stream, read: _Read | None, limit: int) -> RequestHead | None:
+    """The router's own answers (400, 431, 505, h2c); the head when none applies.
+    ``read`` is None when the head did not arrive within the deadline."""
+    if read is None:
         return None
-    # h11 bounds a head still incomplete; one that arrived whole in a single read is measured here.
-    if head_size > limit:
+    head = read.head
+    if head is None:
+        if read.raw:
+            assert read.conn is not None  # a head the parser took is never refused as malformed
+            await send_quietly(stream, server_reject(read.conn, 400, "Bad request"))
+        return None
+    if read.head_size > limit:
+        # h11 bounds a head still incomplete; one that arrived whole in one read is measured here.
         await head.reject(431, "Request header fields too large")
         return None
     refused = _unsupported(head)

@@ -97,7 +97,16 @@ async def test_ws_docs_describes_the_protocol(gateway: Running) -> None:
     protocol = doc["protocol"]
     assert protocol["websocket_url"] == gateway.ws_url
     fields = {f["name"]: f for f in protocol["connect_message"]["fields"]}
-    assert set(fields) == {"apiKey", "url", "headers", "cookies", "geo", "agent", "idle_timeout"}
+    assert set(fields) == {
+        "apiKey",
+        "url",
+        "headers",
+        "cookies",
+        "geo",
+        "agent",
+        "idle_timeout",
+        "impersonate",
+    }
     assert fields["idle_timeout"] == {
         "name": "idle_timeout",
         "type": "float",

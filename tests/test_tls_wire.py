@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import socket
 import ssl
+from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trustme
@@ -17,6 +19,7 @@ from relay.dataplane.pumps import Ending, relay_frames
 from relay.dataplane.tls import TLSStream, TLSWire, open_tls
 from relay.wire.closecodes import Outcome
 from relay.wire.frames import BINARY, TEXT, Frame, FrameReader, encode_frame
+from tests.support.gateway import make_config, start_gateway
 
 CA = trustme.CA()
 
@@ -165,3 +168,27 @@ async def test_a_failed_handshake_closes_the_socket_it_took() -> None:
         assert isinstance(failed.value.__cause__, ssl.SSLError)
     # The relay's end is closed: the peer sees EOF rather than a connection left open.
     assert await peer.receive_some() == b""
+
+
+async def test_a_tls_client_refused_at_its_request_head_is_answered_and_closed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The gateway's TLS port: after the handshake the socket belongs to the TLS
+    stream, so a head refused there (400) must still close the connection."""
+    _server_context, client_context = _contexts()
+    cert = tmp_path / "cert.pem"
+    CA.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert))
+    config = make_config()
+    config = attrs.evolve(config, server=attrs.evolve(config.server, certfile=str(cert)))
+    running = await start_gateway(nursery, config)
+    plain = await trio.open_tcp_stream("127.0.0.1", running.address.port)
+    client = trio.SSLStream(
+        plain, client_context, server_hostname="127.0.0.1", https_compatible=True
+    )
+    await client.send_all(b"\x01\x02 not a request\r\n\r\n")
+    answer = b""
+    with trio.fail_after(30):  # a hang guard: a socket left open never sends EOF
+        while chunk := await client.receive_some():
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400")  # and then EOF: the loop ended
+    assert running.gateway.capacity.handshakes == 0

@@ -146,7 +146,9 @@ class TLSStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         """Close the socket (no ``close_notify``: the relay closes WebSockets, not TLS)."""
-        self.sock.close()
+        # Through Trio's socket: it wakes any task still waiting on the
+        # descriptor, whose number the system may hand to the next connection.
+        self.transport_stream.socket.close()
         await trio.lowlevel.checkpoint()
 
 
@@ -211,9 +213,9 @@ async def open_tls(
     try:
         await _handshake(sock, wire)
     except ssl.SSLError as exc:
-        sock.close()  # the caller's ``stream`` no longer holds the descriptor
+        transport.socket.close()  # the caller's ``stream`` no longer holds the descriptor
         raise trio.BrokenResourceError(str(exc)) from exc
     except BaseException:
-        sock.close()
+        transport.socket.close()
         raise
     return TLSStream(transport, sock, wire)
