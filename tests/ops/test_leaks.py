@@ -125,7 +125,12 @@ def _snapshot(gateway: Gateway, target: Target) -> Snapshot:
 
 
 async def _settled(gateway: Gateway, target: Target) -> Snapshot:
-    """The snapshot once it has stopped changing (closing tasks finish after their session)."""
+    """The snapshot once it has stopped changing (closing tasks finish after their session).
+
+    Garbage is collected first: a socket an earlier test left to the collector
+    would otherwise close in the middle of the measurement.
+    """
+    gc.collect()
     previous: Snapshot | None = None
     stable = 0
     with trio.fail_after(15):
