@@ -61,6 +61,9 @@ class TriggerSocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def shutdown(self, how: int) -> None:
+        self.sock.shutdown(how)
+
 
 def _tcp_pair(*, small_buffers: bool = False) -> tuple[socket.socket, socket.socket]:
     """A real loopback TCP connection: (the relay's end, the peer's end).
@@ -117,6 +120,7 @@ class Peer:
             if frame is None:
                 data = await self.stream.receive_some()
                 if not data:
+                    await self.stream.aclose()  # as a client does at EOF
                     return
                 self.reader.feed(data)
                 continue

@@ -44,6 +44,8 @@ async def close_hop(hop: Hop, code: int | None, reason: str, can_send: bool, gra
             if not can_send or not hop.can_send_close:
                 if not (hop.lost or hop.close_sent):
                     hop.close_skipped()  # owed a close that would follow half a frame
+                    # What was relayed to it must not be destroyed by a reset.
+                    await hop.linger()
             else:
                 await hop.send_close(code, reason)
             if hop.close_sent and not hop.send_broken and not hop.incoming.broken:

@@ -305,6 +305,26 @@ class Hop:
             elif isinstance(frame, Violation) or frame.opcode == CLOSE:
                 return
 
+    async def linger(self) -> None:
+        """Half-close, then read and drop until the peer closes its end.
+
+        For a side disconnected without a close frame: closing a socket with
+        unread input resets the connection, and a reset destroys what the peer
+        has not read yet (the last messages relayed to it).  The caller bounds
+        the wait.
+        """
+        try:
+            if self.sock is not None:
+                self.sock.shutdown(socket.SHUT_WR)
+            elif isinstance(self.stream, trio.abc.HalfCloseableStream):
+                await self.stream.send_eof()
+            else:
+                return
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        while await self.receive():
+            pass
+
     async def aclose(self) -> None:
         """Close the connection without waiting on the peer (the first call does)."""
         if self.closed:
