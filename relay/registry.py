@@ -43,6 +43,10 @@ class LiveSession(Protocol):
         """End it with 1001."""
         ...
 
+    def end(self, outcome: Outcome, detail: str = "") -> bool:
+        """End it with ``outcome``'s closes, if it is relaying."""
+        ...
+
     @property
     def outcome(self) -> Outcome:
         """How it ended (valid once it has)."""

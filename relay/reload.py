@@ -28,8 +28,8 @@ from relay.agents.health import HealthChecks
 from relay.auth import KeyStore
 from relay.config import Config, ConfigError, KeyConfig
 from relay.configsource import ConfigSource, Prepared, config_hash, prepare
-from relay.dataplane.pumps import Ending
 from relay.gateway import Gateway
+from relay.registry import LiveSession
 from relay.wire.closecodes import Outcome
 
 __all__ = ["REVOKED_REASON", "LoadedConfig", "ReloadResult", "Reloader"]
@@ -103,15 +103,11 @@ def _key_digest(session: object) -> bytes | None:
     return key.digest if isinstance(key, KeyConfig) else None
 
 
-def _end_revoked(session: object) -> bool:
+def _end_revoked(session: LiveSession) -> bool:
     """End a relaying session with 1008 ``API key revoked``; False if it is not relaying."""
     # A session in its connect phase was admitted a moment ago under the old
     # keys; it is left to finish like any session admitted before the reload.
-    watch = getattr(session, "_watch", None)
-    if watch is None:
-        return False
-    watch.finish(Ending(Outcome.AUTH_FAILED, REVOKED_REASON))
-    return True
+    return session.end(Outcome.KEY_REVOKED, REVOKED_REASON)
 
 
 class Reloader:

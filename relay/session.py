@@ -235,6 +235,14 @@ class Session:
         incoming, outgoing = client.incoming, target.incoming
         return (incoming.forwarded, outgoing.forwarded, incoming.frames, outgoing.frames)
 
+    def end(self, outcome: Outcome, detail: str = "") -> bool:
+        """End a relaying session with ``outcome``'s closes (``detail`` the reason where
+        the outcome has none of its own); False if it is not relaying yet."""
+        if self._watch is None:
+            return False
+        self._watch.finish(Ending(outcome, detail))
+        return True
+
     def shutdown(self) -> None:
         """End the session with 1001 to both sides (or refuse it, if not yet connected)."""
         self._shutting_down = True

@@ -77,6 +77,7 @@ class Outcome(enum.Enum):
     IDLE_TIMEOUT = "idle_timeout"
     SHUTDOWN = "shutdown"
     SEND_STALLED = "send_stalled"  # a side accepted no byte for send_stall_timeout
+    KEY_REVOKED = "key_revoked"  # a reload revoked the key and the operator ended its sessions
     CLOSED = "closed"  # a close handshake relayed end to end
 
 
@@ -100,6 +101,7 @@ _CLIENT_CODE: dict[Outcome, CloseCode] = {
     Outcome.IDLE_TIMEOUT: NORMAL,
     Outcome.SHUTDOWN: GOING_AWAY,
     Outcome.SEND_STALLED: INTERNAL_ERROR,
+    Outcome.KEY_REVOKED: POLICY_VIOLATION,
 }
 
 # The target only ever hears from the relay once a session is relaying.
