@@ -15,7 +15,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 from relay.client import open_relay
 from relay.config import AgentConfig, KeyConfig
 from relay.node.tokens import AcceptedTokens
-from tests.ops.polling import eventually
+from tests.support.conditions import eventually
 from tests.support.gateway import make_config, start_gateway
 from tests.support.process import relay_process
 from tests.support.target import TargetServer

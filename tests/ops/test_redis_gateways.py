@@ -15,8 +15,8 @@ import trio
 from relay.client import RelayError, open_relay
 from relay.config import KeyConfig
 from relay.ratelimit import limit_id
-from tests.ops.polling import eventually
 from tests.ops.redis_server import RedisServer
+from tests.support.conditions import eventually
 from tests.support.process import RelayProcess, relay_process
 from tests.support.target import TargetServer
 

@@ -16,8 +16,8 @@ import trio
 from relay.config import KeyConfig, RateLimitConfig
 from relay.ratelimit import LimitsUnavailable, limit_id
 from relay.redis_limits import RedisRateLimiter, RedisSessionSlots, open_redis, redact_url
-from tests.ops.polling import eventually
 from tests.ops.redis_server import RedisServer
+from tests.support.conditions import eventually
 
 SLOW = KeyConfig(key="slow", rate=0.001, burst=3)  # one token per 1000 s: no refill in a test
 

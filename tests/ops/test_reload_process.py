@@ -16,7 +16,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from relay.client import RelayError, open_relay
-from tests.ops.polling import eventually
+from tests.support.conditions import eventually
 from tests.support.process import RelayProcess, relay_process
 from tests.support.target import TargetServer
 

@@ -16,7 +16,7 @@ from relay.gateway import Gateway
 from relay.ratelimit import LimitsUnavailable, limit_id
 from relay.server import serve
 from relay.slots import MemorySessionSlots, SessionClaim
-from tests.ops.polling import eventually
+from tests.support.conditions import eventually
 from tests.support.gateway import make_config, start_gateway
 from tests.support.target import TargetServer
 
