@@ -18,24 +18,13 @@ import trustme
 from relay.config import AgentConfig
 from tests.agents.test_impersonate import REFUSED, _dial, _recorded, _with_ca
 from tests.conftest import require
+from tests.support.chromium import CHROMIUM
+from tests.support.chromium import FLAGS as CHROMIUM_FLAGS
 from tests.support.clienthello import HelloRecorder, is_grease, ja4
 from tests.support.gateway import make_config, start_gateway
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# No traffic but to the page's own loopback servers: background services off, and every
-# name Chromium would look up (its updater's, e.g. clients2.google.com) answered "not found"
-# by its own resolver, so not even a DNS query leaves the machine.
-FLAGS = [
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--ignore-certificate-errors",  # the recorder's certificate is from a test CA
-]
+# The shared launch flags, plus: the recorder's certificate is from a test CA.
+FLAGS = [*CHROMIUM_FLAGS, "--ignore-certificate-errors"]
 
 
 async def _page_server(nursery: trio.Nursery, wss_url: str) -> int:

@@ -13,23 +13,10 @@ import httpx
 import trio
 
 from tests.conftest import require
+from tests.support.chromium import CHROMIUM, FLAGS
 from tests.support.gateway import KEY, start_gateway
 from tests.support.target import TargetServer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    # No name lookup leaves the machine (Chromium otherwise asks DNS for Google's
-    # hosts at start-up); the page is served on 127.0.0.1.
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-]
 # RELAY_SCREENSHOT=docs/playground.png refreshes the README's picture.
 SCREENSHOT = os.environ.get("RELAY_SCREENSHOT")
 
