@@ -32,7 +32,6 @@ import trio
 from relay.capacity import Capacity
 from relay.config import ServerConfig
 from relay.dataplane.hop import RECEIVE_SIZE
-from relay.dataplane.tls import open_tls
 from relay.wire.handshake import HandshakeError, is_upgrade, server_accept, server_reject
 from relay.wire.httphead import parse_request
 
@@ -159,9 +158,13 @@ async def take_request_head(
         try:
             with trio.move_on_after(server.handshake_timeout):
                 if tls is not None:
+                    # Trio's SSLStream: the served side does not take the pumps' own TLS
+                    # path yet (relay/dataplane/tls.py; docs/performance.md says why).
+                    secured = stream = trio.SSLStream(
+                        stream, tls, server_side=True, https_compatible=True
+                    )
                     try:
-                        # On plain TCP, the pumps' own TLS path (relay/dataplane/tls.py).
-                        secured = stream = await open_tls(stream, tls, server_side=True)
+                        await secured.do_handshake()
                     except trio.BrokenResourceError:
                         return None  # not TLS, or a failed handshake: nothing to answer
                 read = await _read_head(stream, server.max_request_head)

@@ -277,7 +277,12 @@ class Hop:
         """Write what a cancelled send left unsent, so a frame can follow again."""
         if self.unsent:
             data, self.unsent = self.unsent, b""
-            await self.send_bytes(data)
+            sock = self.sock
+            assert sock is not None  # only the direct path keeps unsent bytes
+            # Already on the wire's terms (ciphertext on a TLS hop): sent as they are.
+            self.send_broken = True
+            await self._send_rest(sock, memoryview(data))
+            self.send_broken = False
 
     async def send_frame(self, opcode: int, payload: bytes) -> None:
         """Write one frame originated by the relay (masked towards the target)."""
