@@ -17,8 +17,8 @@ driven here cost 31 µs and 5.5 ms in a prototype. So:
   cancelled, so no byte is lost to cancellation here either.
 
 :class:`TLSStream` is the same connection as a Trio stream, for everything that
-runs before or beside the pumps (the request head, the target's upgrade,
-Hypercorn); a :class:`~relay.dataplane.hop.Hop` given one takes its socket and
+runs before the pumps (the target's upgrade exchange); a
+:class:`~relay.dataplane.hop.Hop` given one takes its socket and
 :class:`TLSWire` and uses them directly.
 """
 
@@ -109,19 +109,9 @@ class TLSStream(trio.abc.Stream):
     """A TLS connection on a plain socket, as a Trio stream (see the module doc)."""
 
     def __init__(self, transport: trio.SocketStream, sock: socket.socket, wire: TLSWire) -> None:
-        self.transport_stream = transport  # Hypercorn asks it for the socket
+        self.transport_stream = transport  # as on SSLStream (relay/keepalive.py looks here)
         self.sock = sock
         self.wire = wire
-
-    # -- what Hypercorn's TCPServer expects of a TLS stream ---------------------
-
-    async def do_handshake(self) -> None:
-        """Already done by :func:`open_tls`."""
-        await trio.lowlevel.checkpoint()
-
-    def selected_alpn_protocol(self) -> str | None:
-        """The protocol agreed by ALPN, if any."""
-        return self.wire.ssl_object.selected_alpn_protocol()
 
     # -- trio.abc.Stream ----------------------------------------------------------
 
